@@ -1,0 +1,49 @@
+"""Models behind one head-level interface; ``load(spec)`` picks the family.
+
+spec:
+  - ``random:<family>[:opts]`` for family in gpt2, gpt_neox, llama (GQA), qwen2 (GQA): a small seeded
+    random model built from the family's config class, with a byte-level tokenizer; no download;
+  - a directory holding an iclscope model (``iclscope.json`` + ``model.safetensors``);
+  - a directory holding a transformers model (``config.json``), or a Hugging Face hub name (looked up in
+    the local cache first; ``revision`` picks a training checkpoint such as Pythia's "step1000").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import IclscopeError
+from .base import Cache, HookPoints, Model, head_means
+from .tiny import CONFIG_FILE, TinyConfig, TinyModel, TinyTransformer
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+
+
+def _dtype(dtype):
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise IclscopeError(f"unknown dtype {dtype!r}; choose from {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load(spec: str | Path, revision: str | None = None, dtype=None, device=None, device_map=None,
+         trust_remote_code: bool = False) -> Model:
+    """Load a model by spec (see the module docstring). Returns a ``Model``."""
+    dtype = _dtype(dtype)
+    spec_s = str(spec)
+    if spec_s.startswith("random:"):
+        from .hf import load_random
+        return load_random(spec_s, dtype=dtype, device=device)
+    path = Path(spec_s).expanduser()
+    if path.is_dir() and (path / CONFIG_FILE).exists():
+        return TinyModel.load(path, device=device, dtype=dtype)
+    from .hf import load_pretrained
+    return load_pretrained(spec_s, revision=revision, dtype=dtype, device=device, device_map=device_map,
+                           trust_remote_code=trust_remote_code)
+
+
+__all__ = ["Cache", "HookPoints", "Model", "TinyConfig", "TinyModel", "TinyTransformer", "head_means", "load"]

@@ -1,0 +1,286 @@
+"""One head-level interface over every model family.
+
+A ``Model`` wraps a torch module whose forward pass calls ``hooks(name, tensor)`` at every hook point
+(see ``iclscope.interventions`` for the names and shapes). Everything outside ``models/`` names heads as
+(layer, head) and talks to this class only:
+
+    model = iclscope.load("random:llama")
+    logits, cache = model.run(tokens, record=["z", "pattern"], layers=[0, 1])
+    cache.site("z", 1)                          # (B, T, n_heads, d_head)
+    with model.intervene([Ablate([(1, 0)], how="zero")]):
+        logits = model(tokens)                  # (B, T, vocab)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from ..errors import IclscopeError
+from ..interventions import (HEAD_SITES, SITES, RunContext, compile_interventions, hook_name,
+                             positions_index)
+
+
+class HookPoints:
+    """The dispatcher a model's forward pass calls at each hook point.
+
+    ``hooks(name, x)`` returns x unchanged when nothing is registered at ``name`` (one dict lookup),
+    else the result of the registered functions in order. ``hooks.layer_active(l)`` tells the attention
+    code whether any per-head hook of layer l is live, so that it can take the fused fast path when not.
+    """
+
+    def __init__(self) -> None:
+        self.ops: dict[str, list[Callable]] = {}
+        self.ctx = RunContext()
+        self._active_layers: set[int] = set()
+
+    def set(self, ops: dict[str, list[Callable]], ctx: RunContext) -> None:
+        self.ops, self.ctx = ops, ctx
+        self._active_layers = {int(n.split(".")[1]) for n in ops if ".attn." in n}
+
+    def clear(self) -> None:
+        self.ops, self.ctx, self._active_layers = {}, RunContext(), set()
+
+    def layer_active(self, layer: int) -> bool:
+        return layer in self._active_layers
+
+    def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        fns = self.ops.get(name)
+        if fns:
+            for fn in fns:
+                x = fn(x, self.ctx)
+        return x
+
+
+class Cache(dict):
+    """Recorded activations: hook name -> tensor (see ``iclscope.interventions`` for the shapes).
+
+    When recorded at chosen positions only, the position axis holds just those positions, in the order
+    of ``cache.positions``.
+    """
+
+    positions: torch.Tensor | None = None
+
+    def site(self, site: str, layer: int) -> torch.Tensor:
+        name = hook_name(site, layer)
+        if name not in self:
+            raise IclscopeError(f"the cache holds no {name!r}; it holds {sorted(self)}")
+        return self[name]
+
+    def stack(self, site: str, layers: Iterable[int]) -> torch.Tensor:
+        """(n_layers_given, ...) stack of one site over layers."""
+        return torch.stack([self.site(site, layer) for layer in layers])
+
+
+class Model:
+    """A causal model with the head interface.
+
+    Attributes: n_layers, n_heads, n_kv_heads, d_head, d_model, vocab_size, tokenizer (or None),
+    bos_token_id (or None), family (e.g. "gpt2", "llama", "tiny"), module (the torch module),
+    hooks (its HookPoints).
+
+    Subclasses implement ``_forward(**inputs) -> logits (B, T, vocab)`` and ``out_proj(layer, z)``.
+    """
+
+    family: str = "?"
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+    vocab_size: int
+    tokenizer: Any = None
+    bos_token_id: int | None = None
+    module: torch.nn.Module
+    hooks: HookPoints
+
+    def __init__(self) -> None:
+        self._stack: list[list] = []
+        self._compiled: tuple | None = None
+
+    # ------------------------------------------------------------------ family-specific
+    def _forward(self, **inputs) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def out_proj(self, layer: int, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The attention output projection of ``layer`` applied to z (..., n_heads, d_head) -> (..., d_model),
+        bias included."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ common
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    def hook_names(self) -> list[str]:
+        """Every hook point this model has."""
+        return [hook_name(s, layer) for layer in range(self.n_layers) for s in SITES]
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(family={self.family!r}, n_layers={self.n_layers}, n_heads={self.n_heads}, "
+                f"n_kv_heads={self.n_kv_heads}, d_head={self.d_head}, d_model={self.d_model})")
+
+    @contextlib.contextmanager
+    def intervene(self, interventions: Sequence):
+        """Apply a list of interventions to every forward pass inside the block (nestable).
+
+        The list is validated here, so a head out of range fails before any forward pass."""
+        interventions = list(interventions)
+        compile_interventions(interventions, self)  # validate now
+        self._stack.append(interventions)
+        self._compiled = None
+        try:
+            yield self
+        finally:
+            self._stack.pop()
+            self._compiled = None
+
+    def active_interventions(self) -> list:
+        return [i for level in self._stack for i in level]
+
+    def __call__(self, inputs: Any, **kwargs) -> torch.Tensor:
+        """Logits (B, T, vocab) under the active interventions."""
+        return self.run(inputs, **kwargs)[0]
+
+    def run(self, inputs: Any, interventions: Sequence = (), record: Sequence[str] | None = None,
+            layers: Iterable[int] | None = None, positions=None, grad: bool = False) -> tuple[torch.Tensor, Cache]:
+        """One forward pass under the active interventions plus ``interventions``, recording activations.
+
+        inputs: token ids (B, T) int64; or a dict / batch object of the family's inputs (token models:
+            ``input_ids`` or ``tokens``, optional ``attention_mask``; the tiny model also ``vectors``
+            (B, T, d_input) and ``vector_mask`` (B, T)).
+        record: sites to record (e.g. ["z", "pattern"]) or full hook names; layers: which layers
+            (default all); positions: which token positions (default all; query positions for patterns).
+        grad: keep recorded tensors attached to the graph (for attribution methods); default detached.
+        Returns (logits (B, T, vocab), Cache).
+        """
+        inputs = self._inputs(inputs)
+        tokens = inputs.get("tokens")
+        all_iv = self.active_interventions() + list(interventions)
+        if interventions:
+            ops, sources = compile_interventions(all_iv, self)
+        else:
+            if self._compiled is None:
+                self._compiled = compile_interventions(all_iv, self)
+            ops, sources = self._compiled
+        ctx = RunContext(tokens=tokens)
+        for key, (source_model, names) in sources.items():
+            runner = self if source_model is None else source_model
+            with torch.no_grad():
+                ctx.caches[key] = runner._plain_run(inputs, record_names=sorted(names))[1]
+        cache = Cache()
+        ops = {k: list(v) for k, v in ops.items()}
+        if record:
+            T = self._seq_len(inputs)
+            pos = positions_index(positions, T)
+            cache.positions = pos
+            for name in self._record_names(record, layers):
+                ops.setdefault(name, []).append(_recorder(cache, name, pos, grad))
+        self.hooks.set(ops, ctx)
+        try:
+            logits = self._forward(**inputs)
+        finally:
+            self.hooks.clear()
+        return logits, cache
+
+    def _plain_run(self, inputs: dict, record_names: Sequence[str]) -> tuple[torch.Tensor, Cache]:
+        """A pass with no interventions at all (for pre-passes), recording full hook names."""
+        cache = Cache()
+        ops = {name: [_recorder(cache, name, None, False)] for name in record_names}
+        saved = (self.hooks.ops, self.hooks.ctx)
+        self.hooks.set(ops, RunContext(tokens=inputs.get("tokens")))
+        try:
+            logits = self._forward(**inputs)
+        finally:
+            self.hooks.set(*saved)
+        return logits, cache
+
+    def _record_names(self, record: Sequence[str], layers) -> list[str]:
+        layers = range(self.n_layers) if layers is None else list(layers)
+        names = []
+        for r in record:
+            if r in SITES:
+                for layer in layers:
+                    if not 0 <= int(layer) < self.n_layers:
+                        raise IclscopeError(f"record: layer {layer} is out of range: the model has "
+                                            f"{self.n_layers} layers (0..{self.n_layers - 1})")
+                    names.append(hook_name(r, int(layer)))
+            elif r in self.hook_names():
+                names.append(r)
+            else:
+                raise IclscopeError(f"record: unknown site or hook {r!r}; sites are {', '.join(SITES)}")
+        return names
+
+    def _inputs(self, inputs: Any) -> dict:
+        """Normalise inputs to the keyword arguments of ``_forward``; ``tokens`` is always the token ids."""
+        if isinstance(inputs, torch.Tensor):
+            d = {"tokens": inputs}
+        elif isinstance(inputs, dict):
+            d = dict(inputs)
+        elif hasattr(inputs, "tokens") or hasattr(inputs, "input_ids"):
+            d = {k: getattr(inputs, k) for k in ("tokens", "input_ids", "attention_mask", "vectors", "vector_mask")
+                 if getattr(inputs, k, None) is not None}
+        else:
+            raise IclscopeError(f"inputs must be token ids (B, T), a dict or a batch object, got {type(inputs).__name__}")
+        if "input_ids" in d:
+            d["tokens"] = d.pop("input_ids")
+        tok = d.get("tokens")
+        if tok is None:
+            raise IclscopeError("inputs hold no token ids ('tokens' or 'input_ids')")
+        if tok.dim() == 1:
+            d["tokens"] = tok = tok[None]
+        if tok.dim() != 2:
+            raise IclscopeError(f"token ids must have shape (batch, seq), got {tuple(tok.shape)}")
+        if tok.dtype not in (torch.int64, torch.int32):
+            raise IclscopeError(f"token ids must be integers, got {tok.dtype}")
+        if tok.numel() and (int(tok.min()) < 0 or int(tok.max()) >= self.vocab_size):
+            raise IclscopeError(f"a token id is outside the vocabulary of {self.vocab_size} "
+                                f"(min {int(tok.min())}, max {int(tok.max())})")
+        return d
+
+    @staticmethod
+    def _seq_len(inputs: dict) -> int:
+        return inputs["tokens"].shape[1]
+
+
+def _recorder(cache: Cache, name: str, pos: torch.Tensor | None, grad: bool):
+    is_pattern = name.endswith("hook_pattern")
+
+    def record(x: torch.Tensor, ctx) -> torch.Tensor:
+        y = x
+        if pos is not None:
+            y = y[:, :, pos.to(x.device)] if is_pattern else y[:, pos.to(x.device)]
+        cache[name] = y if grad else y.detach()
+        return x
+
+    return record
+
+
+def head_means(model: Model, inputs: Any, positions=-1, batch_size: int = 32, layers=None) -> torch.Tensor:
+    """Mean head outputs z over a set of prompts, for mean ablation.
+
+    inputs: token ids (N, T) or a list of such batches. positions: which positions to average over
+    (default the final one). Returns (n_layers, n_heads, d_head).
+    """
+    batches = inputs if isinstance(inputs, (list, tuple)) else [inputs[i:i + batch_size]
+                                                               for i in range(0, len(inputs), batch_size)]
+    total, count = None, 0
+    with torch.no_grad():
+        for b in batches:
+            _, cache = model.run(b, record=["z"], positions=positions, layers=layers)
+            z = torch.stack([cache.site("z", layer) for layer in range(model.n_layers)])  # (L, B, P, H, D)
+            s = z.float().sum(dim=(1, 2))
+            total = s if total is None else total + s
+            count += z.shape[1] * z.shape[2]
+    if total is None:
+        raise IclscopeError("head_means: no inputs given")
+    return (total / count).to(model.dtype)
+
+
+__all__ = ["Cache", "HookPoints", "Model", "head_means", "HEAD_SITES"]
