@@ -374,9 +374,10 @@ def _patch_ops(p: Patch, model: "Model") -> list[tuple[str, Callable]]:
             raise IclscopeError(f"{what}: a tensor source must have shape "
                                 f"{' or '.join(str(w) for w in want)}, got {tuple(src.shape)}"
                                 + (" (clamp patterns with ClampPattern)" if site == "pattern" else ""))
-    elif isinstance(src, str) and src not in ("clean", "batch_mean"):
-        raise IclscopeError(f"{what}: unknown source {src!r} (use a number, 'clean', 'batch_mean', a "
-                            f"tensor, a Cache or a Model)")
+    elif isinstance(src, str):
+        if src not in ("clean", "batch_mean"):
+            raise IclscopeError(f"{what}: unknown source {src!r} (use a number, 'clean', 'batch_mean', a "
+                                f"tensor, a Cache or a Model)")
     elif isinstance(src, Model):
         if (src.n_layers, src.d_model) != (model.n_layers, model.d_model):
             raise IclscopeError(f"{what}: the source model has {src.n_layers} layers of width {src.d_model}; "

@@ -1,0 +1,70 @@
+"""``iclscope <command>``: the command-line interface. ``iclscope --help`` lists the commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_demo(args) -> int:
+    from .experiments.demo import run_demo
+
+    run_demo(out=args.out, model_spec=args.model, seed=args.seed)
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from . import load
+
+    model = load(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
+    print(model)
+    print(f"vocab_size={model.vocab_size} tokenizer={'yes' if model.tokenizer is not None else 'none'} "
+          f"bos_token_id={model.bos_token_id} dtype={model.dtype} device={model.device}")
+    print("hook points of layer 0:", ", ".join(n for n in model.hook_names() if n.startswith("blocks.0.")))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iclscope", description="Find, score, ablate and grow the attention heads "
+                                "behind in-context learning.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="the main job on built-in defaults (nothing downloaded)")
+    d.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
+    d.add_argument("--model", default="random:gpt2", help="model spec (default random:gpt2)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(fn=_cmd_demo)
+
+    i = sub.add_parser("info", help="load a model and print its shape and hook points")
+    _model_args(i)
+    i.set_defaults(fn=_cmd_info)
+    return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="random:<family>, a hub name, or a local directory")
+    p.add_argument("--revision", default=None, help="hub revision, e.g. step1000 for a Pythia checkpoint")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import IclscopeError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.fn(args) or 0)
+    except IclscopeError as e:
+        print(f"iclscope {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"iclscope {args.command}: interrupted; finished results are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

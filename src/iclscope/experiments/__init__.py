@@ -1,0 +1,1 @@
+"""Experiments: each a function of a config that writes a results folder."""
