@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from .. import Ablate, load
-from ..data_tokens import repeated_tokens
+from ..data.synthetic import repeated_random_tokens
 from ..report import ResultsDir, write_report
 from ..report.figures import head_heatmap
 
@@ -33,7 +33,7 @@ def run_demo(out: str | Path = "results/demo", model_spec: str = "random:gpt2", 
     model = load(model_spec)
     log(f"loaded {model_spec}: {model}")
     g = torch.Generator().manual_seed(seed)
-    tokens = repeated_tokens(n_seqs, half, model.vocab_size, g, bos_id=model.bos_token_id)  # (N, 1+2*half)
+    tokens = repeated_random_tokens(n_seqs, half, model.vocab_size, g, bos_id=model.bos_token_id)  # (N, 1+2*half)
     with torch.no_grad():
         clean, cache = model.run(tokens, record=["z", "pattern"])
     log(f"recorded z {tuple(cache.site('z', 0).shape)} and patterns {tuple(cache.site('pattern', 0).shape)} "

@@ -162,20 +162,22 @@ class Model:
         """
         inputs = self._inputs(inputs)
         tokens = inputs.get("tokens")
-        all_iv = self.active_interventions() + list(interventions)
-        if interventions:
-            ops, sources = compile_interventions(all_iv, self)
-        else:
-            if self._compiled is None:
-                self._compiled = compile_interventions(all_iv, self)
-            ops, sources = self._compiled
+        if self._compiled is None:  # the context's interventions compile once, not once per pass
+            self._compiled = compile_interventions(self.active_interventions(), self)
+        ops = {k: list(v) for k, v in self._compiled[0].items()}
+        sources = {k: (m, set(n)) for k, (m, n) in self._compiled[1].items()}
+        if interventions:  # per-call extras apply after the context's, at each hook
+            extra_ops, extra_sources = compile_interventions(list(interventions), self)
+            for name, fns in extra_ops.items():
+                ops.setdefault(name, []).extend(fns)
+            for key, (m, names) in extra_sources.items():
+                sources.setdefault(key, (m, set()))[1].update(names)
         ctx = RunContext(tokens=tokens)
         for key, (source_model, names) in sources.items():
             runner = self if source_model is None else source_model
             with torch.no_grad():
                 ctx.caches[key] = runner._plain_run(inputs, record_names=sorted(names))[1]
         cache = Cache()
-        ops = {k: list(v) for k, v in ops.items()}
         if record:
             T = self._seq_len(inputs)
             pos = positions_index(positions, T)
@@ -262,7 +264,7 @@ def _recorder(cache: Cache, name: str, pos: torch.Tensor | None, grad: bool):
     return record
 
 
-def head_means(model: Model, inputs: Any, positions=-1, batch_size: int = 32, layers=None) -> torch.Tensor:
+def head_means(model: Model, inputs: Any, positions=-1, batch_size: int = 32) -> torch.Tensor:
     """Mean head outputs z over a set of prompts, for mean ablation.
 
     inputs: token ids (N, T) or a list of such batches. positions: which positions to average over
@@ -273,7 +275,7 @@ def head_means(model: Model, inputs: Any, positions=-1, batch_size: int = 32, la
     total, count = None, 0
     with torch.no_grad():
         for b in batches:
-            _, cache = model.run(b, record=["z"], positions=positions, layers=layers)
+            _, cache = model.run(b, record=["z"], positions=positions)
             z = torch.stack([cache.site("z", layer) for layer in range(model.n_layers)])  # (L, B, P, H, D)
             s = z.float().sum(dim=(1, 2))
             total = s if total is None else total + s

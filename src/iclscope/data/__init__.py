@@ -1,0 +1,1 @@
+"""Data: synthetic sequences, tasks and feature banks."""
