@@ -101,3 +101,40 @@ def test_dtype_option():
     assert c.site("z", 0).dtype == torch.bfloat16
     with pytest.raises(IclscopeError, match="unknown dtype"):
         iclscope.load("random:llama", dtype="float8")
+
+
+def _fewshot_inputs(R, B=4, T=5, d_in=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"tokens": torch.randint(0, 5, (R * B, T), generator=g), "vectors": torch.randn(R * B, T, d_in, generator=g),
+            "vector_mask": torch.tensor([True, False] * (T // 2) + [True]).expand(R * B, T)}
+
+
+def test_ensemble_members_are_single_models_of_their_seeds():
+    cfg = TinyConfig(n_layers=2, n_heads=2, d_model=16, vocab_size=5, d_input=6, n_ctx=8)
+    ens = TinyModel(cfg, seeds=[3, 7, 11])
+    inputs = _fewshot_inputs(3)
+    out = ens(inputs).view(3, 4, 5, 5)
+    for r, seed in enumerate([3, 7, 11]):
+        single = TinyModel(cfg, seed=seed)
+        part = {k: v[r * 4:(r + 1) * 4] for k, v in inputs.items()}
+        torch.testing.assert_close(out[r], single(part), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ens.member(r)(part), single(part), atol=1e-5, rtol=0)
+
+
+def test_one_adam_step_on_an_ensemble_equals_separate_runs():
+    cfg = TinyConfig(n_layers=2, n_heads=2, d_model=16, vocab_size=5, d_input=6, n_ctx=8)
+    ens, singles = TinyModel(cfg, seeds=[0, 1]), [TinyModel(cfg, seed=0), TinyModel(cfg, seed=1)]
+    inputs = _fewshot_inputs(2, seed=4)
+    target = torch.randint(0, 5, (8,), generator=torch.Generator().manual_seed(5))
+    opt = torch.optim.Adam(ens.module.parameters(), lr=1e-2)
+    # the ensemble's loss is the sum of the members' mean losses: each member gets its own gradient
+    loss = sum(torch.nn.functional.cross_entropy(ens(inputs)[r * 4:(r + 1) * 4, -1], target[r * 4:(r + 1) * 4])
+               for r in range(2))
+    loss.backward()
+    opt.step()
+    for r, s in enumerate(singles):
+        o = torch.optim.Adam(s.module.parameters(), lr=1e-2)
+        part = {k: v[r * 4:(r + 1) * 4] for k, v in inputs.items()}
+        torch.nn.functional.cross_entropy(s(part)[:, -1], target[r * 4:(r + 1) * 4]).backward()
+        o.step()
+        torch.testing.assert_close(ens.member(r)(part), s(part), atol=1e-5, rtol=0)

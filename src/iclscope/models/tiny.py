@@ -4,9 +4,14 @@ Options: layers, heads, d_model, attention-only or with MLPs (d_mlp=0: attention
 learned or no positions, pre-LayerNorm on or off; token inputs, and continuous-vector inputs (few-shot
 classification feeds exemplar vectors at some positions and label tokens at others).
 
-Hook points (B batch, T positions, H heads, D d_head), called through ``self.hooks``:
-  blocks.L.hook_resid_pre (B,T,d_model) -> attn.hook_q/k/v (B,T,H,D) -> attn.hook_pattern (B,H,T,T)
-  -> attn.hook_z (B,T,H,D) -> hook_attn_out (B,T,d_model) -> [MLP] -> hook_resid_post (B,T,d_model)
+Ensembles. Every weight has a leading axis of size R (``n_models``): R independent models trained side
+by side, each op one batched op for all of them (one optimizer step updates all; Adam is elementwise,
+so this is exactly R separate runs). R=1 is the ordinary model. Inputs and hook values fold the models
+into the batch: rows r*B .. r*B+B-1 belong to model r.
+
+Hook points (B' = R*B rows, T positions, H heads, D d_head), called through ``self.hooks``:
+  blocks.L.hook_resid_pre (B',T,d_model) -> attn.hook_q/k/v (B',T,H,D) -> attn.hook_pattern (B',H,T,T)
+  -> attn.hook_z (B',T,H,D) -> hook_attn_out (B',T,d_model) -> [MLP] -> hook_resid_post (B',T,d_model)
 
 Saved as ``model.safetensors`` + ``iclscope.json`` (the config) in one directory.
 """
@@ -28,6 +33,7 @@ from .base import HookPoints, Model
 
 CONFIG_FILE = "iclscope.json"
 WEIGHTS_FILE = "model.safetensors"
+SDPA_MIN_LEN = 32  # below this, a plain matmul attention is faster than the fused kernel on CPU
 
 
 @dataclass
@@ -60,109 +66,193 @@ class TinyConfig:
         return cls(**d)
 
 
+class Linear(nn.Module):
+    """R stacked linear maps: x (R, N, d_in) -> (R, N, d_out). Initialised as torch's nn.Linear."""
+
+    def __init__(self, R: int, d_in: int, d_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(R, d_in, d_out))
+        self.bias = nn.Parameter(torch.empty(R, 1, d_out))
+
+    def reset(self, r: int) -> None:
+        bound = 1 / math.sqrt(self.weight.shape[1])
+        nn.init.uniform_(self.weight.data[r], -bound, bound)
+        nn.init.uniform_(self.bias.data[r], -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class LayerNorm(nn.Module):
+    """R stacked LayerNorms over the last axis. x (R, N, d)."""
+
+    def __init__(self, R: int, d: int):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(R, 1, d)), nn.Parameter(torch.zeros(R, 1, d))
+
+    def reset(self, r: int) -> None:
+        self.weight.data[r] = 1.0
+        self.bias.data[r] = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            return F.layer_norm(x, x.shape[-1:], self.weight[0, 0], self.bias[0, 0])
+        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:]), self.weight)
+
+
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of the last axis. x: (B, T, H, D); cos, sin: (T, D/2)."""
+    """Rotate pairs (first half, second half) of the last axis. x (N, T, ..., D); cos, sin (T, 1.., D)
+    with each half's angles repeated: out = x*cos + rotate_half(x)*sin."""
     x1, x2 = x.chunk(2, dim=-1)
-    c, s = cos[:, None, :], sin[:, None, :]
-    return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1)
+    return torch.addcmul(x * cos, torch.cat([-x2, x1], dim=-1), sin)
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: TinyConfig, layer: int, hooks: HookPoints):
+    def __init__(self, cfg: TinyConfig, R: int, layer: int, hooks: HookPoints):
         super().__init__()
         self.cfg, self.layer, self.hooks = cfg, layer, hooks
         self.H, self.D = cfg.n_heads, cfg.d_model // cfg.n_heads
-        self.ln1 = nn.LayerNorm(cfg.d_model) if cfg.layernorm else nn.Identity()
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.ln1 = LayerNorm(R, cfg.d_model) if cfg.layernorm else None
+        self.qkv = Linear(R, cfg.d_model, 3 * cfg.d_model)
+        self.out = Linear(R, cfg.d_model, cfg.d_model)
         if cfg.d_mlp:
-            self.ln2 = nn.LayerNorm(cfg.d_model) if cfg.layernorm else nn.Identity()
-            self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_mlp), nn.GELU(), nn.Linear(cfg.d_mlp, cfg.d_model))
+            self.ln2 = LayerNorm(R, cfg.d_model) if cfg.layernorm else None
+            self.mlp_in, self.mlp_out = Linear(R, cfg.d_model, cfg.d_mlp), Linear(R, cfg.d_mlp, cfg.d_model)
         p = f"blocks.{layer}."
         self.names = {k: p + v for k, v in dict(resid_pre="hook_resid_pre", q="attn.hook_q", k="attn.hook_k",
                                                  v="attn.hook_v", pattern="attn.hook_pattern", z="attn.hook_z",
                                                  attn_out="hook_attn_out", resid_post="hook_resid_post").items()}
 
-    def forward(self, x: torch.Tensor, rope) -> torch.Tensor:
-        h, n = self.hooks, self.names
+    def forward(self, x: torch.Tensor, rope, mask: torch.Tensor) -> torch.Tensor:
+        """x (R*B, T, d_model) -> (R*B, T, d_model); rope: (cos, sin) or None; mask (T, T) additive causal."""
+        h, n, H, D = self.hooks, self.names, self.H, self.D
+        RB, T, d = x.shape
+        R = self.qkv.weight.shape[0]
         x = h(n["resid_pre"], x)
-        B, T, _ = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.H, self.D).unbind(2)  # each (B, T, H, D)
-        if rope is not None:
-            q, k = rotary(q, *rope), rotary(k, *rope)
-        if h.layer_active(self.layer):
-            q, k, v = h(n["q"], q), h(n["k"], k), h(n["v"], v)
-            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.D)
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            pattern = h(n["pattern"], scores.masked_fill(~causal, float("-inf")).softmax(-1))  # (B, H, T, T)
-            z = h(n["z"], torch.einsum("bhqk,bkhd->bqhd", pattern, v))  # (B, T, H, D)
-        else:  # fused path when no per-head hook is live in this layer
+        a = self.ln1(x.view(R, -1, d)) if self.ln1 is not None else x.view(R, -1, d)
+        qkv = self.qkv(a).view(RB, T, 3, H, D)
+        if rope is not None:  # rotate q and k in one op
+            qk = rotary(qkv[:, :, :2], *rope)
+            q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]
+        else:
+            q, k, v = qkv.unbind(2)  # each (R*B, T, H, D)
+        live = h.layer_active(self.layer)
+        if live or T < SDPA_MIN_LEN:
+            if live:
+                q, k, v = h(n["q"], q), h(n["k"], k), h(n["v"], v)
+            scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) * (D ** -0.5) + mask  # (RB, H, T, T)
+            pattern = scores.softmax(-1)
+            if live:
+                pattern = h(n["pattern"], pattern)
+            z = torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)  # (R*B, T, H, D)
+            if live:
+                z = h(n["z"], z)
+        else:  # fused kernel for long sequences when no per-head hook is live
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                is_causal=True).transpose(1, 2)
-        x = x + h(n["attn_out"], self.out(z.reshape(B, T, -1)))
+        attn_out = self.out(z.reshape(R, -1, d)).view(RB, T, d)
+        x = x + h(n["attn_out"], attn_out)
         if self.cfg.d_mlp:
-            x = x + self.mlp(self.ln2(x))
+            m = self.ln2(x.view(R, -1, d)) if self.ln2 is not None else x.view(R, -1, d)
+            x = x + self.mlp_out(F.gelu(self.mlp_in(m))).view(RB, T, d)
         return h(n["resid_post"], x)
+
+    def reset(self, r: int) -> None:
+        for mod in self.children():
+            mod.reset(r)
 
 
 class TinyTransformer(nn.Module):
-    """Embeddings -> n_layers blocks -> (LayerNorm) -> unembedding. Forward returns logits (B, T, vocab)."""
+    """Embeddings -> n_layers blocks -> (LayerNorm) -> unembedding, for R models at once.
 
-    def __init__(self, cfg: TinyConfig, hooks: HookPoints | None = None):
+    forward(tokens (R*B, T)[, vectors (R*B, T, d_input), vector_mask (R*B, T)]) -> logits (R*B, T, vocab).
+    Model r is initialised from torch.manual_seed(seeds[r]), so member r of an ensemble starts exactly as
+    a single model of the same seed."""
+
+    def __init__(self, cfg: TinyConfig, n_models: int = 1, seeds=None, hooks: HookPoints | None = None):
         super().__init__()
+        R = self.R = n_models
         self.cfg = cfg
         self.hooks = hooks or HookPoints()
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.embed_input = nn.Linear(cfg.d_input, cfg.d_model) if cfg.d_input else None
-        self.pos = nn.Embedding(cfg.n_ctx, cfg.d_model) if cfg.positions == "learned" else None
-        self.blocks = nn.ModuleList(Block(cfg, i, self.hooks) for i in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.layernorm else nn.Identity()
-        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size)
+        self.embed = nn.Parameter(torch.empty(R, cfg.vocab_size, cfg.d_model))
+        self.embed_input = Linear(R, cfg.d_input, cfg.d_model) if cfg.d_input else None
+        self.pos = nn.Parameter(torch.empty(R, cfg.n_ctx, cfg.d_model)) if cfg.positions == "learned" else None
+        self.blocks = nn.ModuleList(Block(cfg, R, i, self.hooks) for i in range(cfg.n_layers))
+        self.ln_f = LayerNorm(R, cfg.d_model) if cfg.layernorm else None
+        self.unembed = Linear(R, cfg.d_model, cfg.vocab_size)
+        D = cfg.d_model // cfg.n_heads
         if cfg.positions == "rotary":
-            D = cfg.d_model // cfg.n_heads
             inv = 1.0 / cfg.rotary_base ** (torch.arange(0, D, 2).float() / D)
             ang = torch.arange(cfg.n_ctx).float()[:, None] * inv[None, :]  # (n_ctx, D/2)
+            ang = torch.cat([ang, ang], -1)[:, None, None, :]  # (n_ctx, 1, 1, D): broadcasts over (2, H)
             self.register_buffer("rope_cos", ang.cos(), persistent=False)
             self.register_buffer("rope_sin", ang.sin(), persistent=False)
+        causal = torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool).tril()
+        self.register_buffer("causal_mask", torch.zeros(cfg.n_ctx, cfg.n_ctx).masked_fill(~causal, float("-inf")),
+                             persistent=False)
+        seeds = list(range(R)) if seeds is None else list(seeds)
+        for r, seed in enumerate(seeds):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.reset(r)
+
+    def reset(self, r: int) -> None:
+        """(Re)initialise model r: embeddings N(0, 1), linear maps as nn.Linear, LayerNorms to identity."""
+        nn.init.normal_(self.embed.data[r])
+        if self.embed_input is not None:
+            self.embed_input.reset(r)
+        if self.pos is not None:
+            nn.init.normal_(self.pos.data[r], std=0.02)
+        for block in self.blocks:
+            block.reset(r)
+        if self.ln_f is not None:
+            self.ln_f.reset(r)
+        self.unembed.reset(r)
 
     def forward(self, tokens: torch.Tensor, vectors: torch.Tensor | None = None,
-                vector_mask: torch.Tensor | None = None, attention_mask=None) -> torch.Tensor:
-        """tokens (B, T) int64; vectors (B, T, d_input) and vector_mask (B, T) bool where a vector is the
-        input instead of a token. Returns logits (B, T, vocab_size)."""
-        B, T = tokens.shape
-        if T > self.cfg.n_ctx:
-            raise IclscopeError(f"sequence of length {T} is longer than the model's n_ctx={self.cfg.n_ctx}")
-        x = self.embed(tokens)
+                vector_mask: torch.Tensor | None = None) -> torch.Tensor:
+        R, cfg = self.R, self.cfg
+        RB, T = tokens.shape
+        if T > cfg.n_ctx:
+            raise IclscopeError(f"sequence of length {T} is longer than the model's n_ctx={cfg.n_ctx}")
+        if RB % R:
+            raise IclscopeError(f"a batch of {RB} rows does not split over an ensemble of {R} models")
+        offset = (torch.arange(R, device=tokens.device) * cfg.vocab_size).repeat_interleave(RB // R)[:, None]
+        x = self.embed.view(R * cfg.vocab_size, -1)[tokens + offset]  # (R*B, T, d)
         if vectors is not None:
             if self.embed_input is None:
                 raise IclscopeError("this model takes no vector inputs (d_input=0)")
-            if vectors.shape[-1] != self.cfg.d_input:
-                raise IclscopeError(f"input vectors have size {vectors.shape[-1]}, the model expects {self.cfg.d_input}")
-            x = torch.where(vector_mask[..., None], self.embed_input(vectors), x)
+            if vectors.shape[-1] != cfg.d_input:
+                raise IclscopeError(f"input vectors have size {vectors.shape[-1]}, the model expects {cfg.d_input}")
+            xv = self.embed_input(vectors.reshape(R, -1, cfg.d_input)).view(RB, T, -1)
+            x = torch.where(vector_mask[..., None], xv, x)
         if self.pos is not None:
-            x = x + self.pos.weight[:T]
-        rope = (self.rope_cos[:T], self.rope_sin[:T]) if self.cfg.positions == "rotary" else None
+            x = (x.view(R, -1, T, cfg.d_model) + self.pos[:, None, :T]).view(RB, T, -1)
+        rope = (self.rope_cos[:T], self.rope_sin[:T]) if cfg.positions == "rotary" else None
+        mask = self.causal_mask[:T, :T]
         for block in self.blocks:
-            x = block(x, rope)
-        return self.unembed(self.ln_f(x))
+            x = block(x, rope, mask)
+        x = x.view(R, -1, cfg.d_model)
+        if self.ln_f is not None:
+            x = self.ln_f(x)
+        return self.unembed(x).view(RB, T, -1)
 
 
 class TinyModel(Model):
-    """The head interface over a ``TinyTransformer``."""
+    """The head interface over a ``TinyTransformer`` (an ensemble of R models when n_models > 1)."""
 
     family = "tiny"
 
-    def __init__(self, cfg: TinyConfig | dict | None = None, seed: int | None = None, module: TinyTransformer | None = None):
+    def __init__(self, cfg: TinyConfig | dict | None = None, seed: int | None = None, n_models: int = 1,
+                 seeds=None, module: TinyTransformer | None = None):
         super().__init__()
         if module is None:
             cfg = TinyConfig.from_dict(cfg) if isinstance(cfg, dict) else (cfg or TinyConfig())
-            if seed is not None:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    module = TinyTransformer(cfg)
-            else:
-                module = TinyTransformer(cfg)
+            if seeds is None:
+                seeds = [seed if seed is not None else 0] if n_models == 1 else list(range(n_models))
+            module = TinyTransformer(cfg, n_models=len(seeds), seeds=seeds)
         self.module, self.hooks, self.cfg = module, module.hooks, module.cfg
+        self.n_models = module.R
         c = self.cfg
         self.n_layers, self.n_heads, self.n_kv_heads = c.n_layers, c.n_heads, c.n_heads
         self.d_model, self.d_head, self.vocab_size = c.d_model, c.d_model // c.n_heads, c.vocab_size
@@ -171,17 +261,32 @@ class TinyModel(Model):
         return self.module(tokens, vectors, vector_mask)
 
     def out_proj(self, layer: int, z: torch.Tensor) -> torch.Tensor:
-        return self.module.blocks[layer].out(z.reshape(*z.shape[:-2], -1))
+        """z (..., H, D) -> (..., d_model) through model 0's output projection (bias included)."""
+        lin = self.module.blocks[layer].out
+        return z.reshape(*z.shape[:-2], -1) @ lin.weight[0] + lin.bias[0, 0]
+
+    def member(self, r: int) -> "TinyModel":
+        """Model r of an ensemble as a stand-alone TinyModel (weights copied)."""
+        if not 0 <= r < self.n_models:
+            raise IclscopeError(f"member {r} is out of range: the ensemble has {self.n_models} models")
+        single = TinyModel(self.cfg, seed=0)
+        single.module.load_state_dict({k: v[r:r + 1].detach().clone() for k, v in self.module.state_dict().items()})
+        return single.to(self.device)
+
+    def to(self, device=None, dtype=None) -> "TinyModel":
+        self.module.to(device=device, dtype=dtype)
+        return self
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
-        """Write model.safetensors and iclscope.json (config, plus ``extra`` metadata) into ``path``."""
+        """Write model.safetensors and iclscope.json (config, plus ``extra`` metadata) into ``path``.
+        An ensemble saves all members (load gives the ensemble back; ``member(r)`` takes one)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.module.state_dict().items()}
         tmp = path / (WEIGHTS_FILE + ".tmp")
         save_file(state, str(tmp))
         tmp.replace(path / WEIGHTS_FILE)
-        meta = {"kind": "iclscope-tiny", "config": asdict(self.cfg), **(extra or {})}
+        meta = {"kind": "iclscope-tiny", "config": asdict(self.cfg), "n_models": self.n_models, **(extra or {})}
         (path / (CONFIG_FILE + ".tmp")).write_text(json.dumps(meta, indent=2))
         (path / (CONFIG_FILE + ".tmp")).replace(path / CONFIG_FILE)
         return path
@@ -195,11 +300,16 @@ class TinyModel(Model):
             raise IclscopeError(f"{path}: cannot read {CONFIG_FILE}: {e}") from None
         if meta.get("kind") != "iclscope-tiny":
             raise IclscopeError(f"{path / CONFIG_FILE} is not an iclscope model config")
-        model = cls(TinyConfig.from_dict(meta["config"]))
-        state = load_file(str(path / WEIGHTS_FILE))
-        missing, unexpected = model.module.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise IclscopeError(f"{path / WEIGHTS_FILE} does not fit its config: missing {missing}, unexpected {unexpected}")
+        R = int(meta.get("n_models", 1))
+        model = cls(TinyConfig.from_dict(meta["config"]), n_models=R)
+        try:
+            state = load_file(str(path / WEIGHTS_FILE))
+        except (OSError, Exception) as e:  # safetensors raises its own error type on a damaged file
+            raise IclscopeError(f"{path / WEIGHTS_FILE}: cannot read the weights: {e}") from None
+        try:
+            model.module.load_state_dict(state)
+        except RuntimeError as e:
+            raise IclscopeError(f"{path / WEIGHTS_FILE} does not fit its config: {str(e).splitlines()[0]}") from None
         model.module.to(device=device, dtype=dtype).eval()
         model.meta = meta
         return model
