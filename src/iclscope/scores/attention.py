@@ -1,0 +1,85 @@
+"""Attention-pattern scores: how much each head attends where an ideal head of a kind would.
+
+All heads come from one forward pass per batch (patterns recorded for every layer). A score is the
+mean, over the query positions that *have* a target (target >= 0), of the attention paid to the target
+key; positions without one (a first occurrence, BOS) are not counted.
+
+- induction: target = the position right after the previous occurrence of the query's token
+  (``iclscope.patterns.induction_targets``);
+- previous-token: target = the position before the query (from position ``first`` on, so that BOS or
+  a first token can be skipped);
+- duplicate-token: target = the previous occurrence of the query's token itself.
+
+Token identity comes from ``ids`` (B, T), which defaults to the token ids; for vector-input models pass
+the ids of the vectors (e.g. exemplar indices).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..patterns import induction_targets
+
+
+def attention_scores(model, inputs: Any, targets: torch.Tensor, layers=None) -> torch.Tensor:
+    """Mean attention from each query position to its target key.
+
+    inputs: anything ``model.run`` takes, batch B, length T. targets: (B, T) int64, -1 = not counted.
+    Returns (n_layers, n_heads) float32 (NaN rows for layers not requested; NaN if no query counts).
+    """
+    layers = list(range(model.n_layers)) if layers is None else list(layers)
+    with torch.no_grad():
+        _, cache = model.run(inputs, record=["pattern"], layers=layers)
+    out = torch.full((model.n_layers, model.n_heads), float("nan"))
+    valid = targets >= 0  # (B, T)
+    n = valid.sum()
+    if n == 0:
+        return out
+    idx = targets.clamp(min=0)
+    for layer in layers:
+        pat = cache.site("pattern", layer).float()  # (B, H, T, T)
+        idx_d = idx.to(pat.device)
+        at = pat.gather(-1, idx_d[:, None, :, None].expand(-1, pat.shape[1], -1, 1))[..., 0]  # (B, H, T)
+        out[layer] = (at * valid.to(pat.device)[:, None]).sum((0, 2)).cpu() / n
+    return out
+
+
+def prev_token_targets(B: int, T: int, first: int = 1) -> torch.Tensor:
+    """(B, T): i-1 for query positions i >= max(first, 1), else -1."""
+    t = torch.arange(T) - 1
+    t[: max(first, 1)] = -1
+    return t.expand(B, T).clone()
+
+
+def duplicate_targets(ids: torch.Tensor) -> torch.Tensor:
+    """(B, T): the most recent earlier position holding the same id, or -1."""
+    B, T = ids.shape
+    same = (ids[:, :, None] == ids[:, None, :]) & torch.ones(T, T, dtype=torch.bool, device=ids.device).tril(-1)
+    pos = torch.arange(T, device=ids.device)
+    return torch.where(same, pos, torch.full_like(pos, -1)).amax(-1)
+
+
+def _ids(inputs, ids):
+    if ids is not None:
+        return ids
+    if isinstance(inputs, torch.Tensor):
+        return inputs
+    return inputs["tokens"] if isinstance(inputs, dict) else inputs.tokens
+
+
+def induction_scores(model, inputs, ids: torch.Tensor | None = None, layers=None) -> torch.Tensor:
+    """(n_layers, n_heads): attention to the token after the previous occurrence of the current token."""
+    return attention_scores(model, inputs, induction_targets(_ids(inputs, ids)), layers)
+
+
+def prev_token_scores(model, inputs, first: int = 1, layers=None) -> torch.Tensor:
+    """(n_layers, n_heads): attention to the previous position, from position ``first`` on."""
+    B, T = _ids(inputs, None).shape
+    return attention_scores(model, inputs, prev_token_targets(B, T, first), layers)
+
+
+def duplicate_token_scores(model, inputs, ids: torch.Tensor | None = None, layers=None) -> torch.Tensor:
+    """(n_layers, n_heads): attention to the previous occurrence of the current token."""
+    return attention_scores(model, inputs, duplicate_targets(_ids(inputs, ids)), layers)
