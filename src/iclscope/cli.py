@@ -13,6 +13,22 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .train import load_config, train
+
+    cfg = load_config(args.config, args.set or [])
+    summaries = train(cfg, args.out, progress=not args.quiet)
+    for s in summaries:
+        pc = s["phase_change"]
+        when = (f"phase change at step {pc['step']} ({pc['sequences']:,} sequences; steepest at "
+                f"{pc['steepest_sequences']:,})" if pc else "no phase change")
+        print(f"seed {s['seed']}: final train loss {s['final'].get('train_loss', float('nan')):.4f}, "
+              f"heldout_classes acc {s['final'].get('heldout_classes_acc', float('nan')):.3f}; {when}; "
+              f"{s['heads_strength_above_0.3']} last-layer heads with induction strength > 0.3")
+    print(f"results in {args.out}/")
+    return 0
+
+
 def _cmd_info(args) -> int:
     from . import load
 
@@ -34,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="random:gpt2", help="model spec (default random:gpt2)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(fn=_cmd_demo)
+
+    t = sub.add_parser("train", help="train a small transformer (training lab), clamps throughout training")
+    t.add_argument("config", nargs="?", default=None, help="TOML config (default: the reference few-shot setup)")
+    t.add_argument("--out", required=True, help="run folder (resumed if it holds a state of the same config)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=3e-4")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=_cmd_train)
 
     i = sub.add_parser("info", help="load a model and print its shape and hook points")
     _model_args(i)

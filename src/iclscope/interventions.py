@@ -146,16 +146,18 @@ class Preserve:
 
 @dataclass(frozen=True)
 class Graft:
-    """Replace block outputs (or another layer site) by those of a second, frozen model run on the same
-    input. The source model gets no gradient."""
+    """Replace a site by its value in a second, frozen model run on the same input: block outputs
+    (``layers``, default site resid_post) or a head site such as values (``site="v"``, ``heads``). The
+    source model gets no gradient. An ensemble source grafts member r into member r."""
 
     source: "Model"
-    layers: Sequence[int]
+    layers: Sequence[int] | None = None
     site: str = "resid_post"
     positions: Positions = None
+    heads: Sequence[Head] | None = None
 
     def patches(self) -> list[Patch]:
-        return [Patch(self.site, self.source, layers=self.layers, positions=self.positions)]
+        return [Patch(self.site, self.source, heads=self.heads, layers=self.layers, positions=self.positions)]
 
 
 @dataclass(frozen=True)

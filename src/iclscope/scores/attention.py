@@ -23,27 +23,29 @@ import torch
 from ..patterns import induction_targets
 
 
-def attention_scores(model, inputs: Any, targets: torch.Tensor, layers=None) -> torch.Tensor:
+def attention_scores(model, inputs: Any, targets: torch.Tensor, layers=None, groups: int = 1) -> torch.Tensor:
     """Mean attention from each query position to its target key.
 
     inputs: anything ``model.run`` takes, batch B, length T. targets: (B, T) int64, -1 = not counted.
-    Returns (n_layers, n_heads) float32 (NaN rows for layers not requested; NaN if no query counts).
+    groups: split the batch into this many equal groups of rows scored separately (the members of an
+    ensemble model).
+    Returns (n_layers, n_heads) float32, or (groups, n_layers, n_heads) when groups > 1 (NaN for layers
+    not requested, or where no query counts).
     """
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     with torch.no_grad():
         _, cache = model.run(inputs, record=["pattern"], layers=layers)
-    out = torch.full((model.n_layers, model.n_heads), float("nan"))
-    valid = targets >= 0  # (B, T)
-    n = valid.sum()
-    if n == 0:
-        return out
+    out = torch.full((groups, model.n_layers, model.n_heads), float("nan"))
+    valid = (targets >= 0).view(groups, -1, targets.shape[-1])  # (G, B/G, T)
+    n = valid.sum((1, 2)).float()  # (G,)
     idx = targets.clamp(min=0)
     for layer in layers:
         pat = cache.site("pattern", layer).float()  # (B, H, T, T)
-        idx_d = idx.to(pat.device)
-        at = pat.gather(-1, idx_d[:, None, :, None].expand(-1, pat.shape[1], -1, 1))[..., 0]  # (B, H, T)
-        out[layer] = (at * valid.to(pat.device)[:, None]).sum((0, 2)).cpu() / n
-    return out
+        at = pat.gather(-1, idx.to(pat.device)[:, None, :, None].expand(-1, pat.shape[1], -1, 1))[..., 0]  # (B, H, T)
+        at = at.view(groups, -1, *at.shape[1:])  # (G, B/G, H, T)
+        total = (at * valid.to(pat.device)[:, :, None]).sum((1, 3)).cpu()  # (G, H)
+        out[:, layer] = torch.where(n[:, None] > 0, total / n.clamp(min=1)[:, None], torch.tensor(float("nan")))
+    return out if groups > 1 else out[0]
 
 
 def prev_token_targets(B: int, T: int, first: int = 1) -> torch.Tensor:
