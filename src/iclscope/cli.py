@@ -29,6 +29,38 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_additivity(args) -> int:
+    from .experiments.lab import additivity
+
+    additivity(args.run, out=args.out, n=args.n, how=args.how)
+    return 0
+
+
+def _seeds(text: str) -> list[int]:
+    from .errors import IclscopeError
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise IclscopeError(f"--seeds {text!r}: expected a comma-separated list of integers") from None
+
+
+def _cmd_clamp_sweep(args) -> int:
+    from .experiments.lab import clamp_sweep
+
+    conditions = args.conditions.split(",") if args.conditions else None
+    clamp_sweep(args.config, out=args.out, seeds=_seeds(args.seeds), sequences=int(float(args.sequences)),
+                conditions=conditions, workers=args.workers)
+    return 0
+
+
+def _cmd_data_sweep(args) -> int:
+    from .experiments.lab import data_sweep
+
+    data_sweep(args.config, vary=args.vary, out=args.out, seeds=_seeds(args.seeds),
+               sequences=int(float(args.sequences)) if args.sequences else None, workers=args.workers)
+    return 0
+
+
 def _cmd_info(args) -> int:
     from . import load
 
@@ -57,6 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=3e-4")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=_cmd_train)
+
+    a = sub.add_parser("additivity", help="one-head-active, add-back and single-ablation study of a trained run")
+    a.add_argument("run", help="a training run folder (for an ensemble: RUN/seed_S)")
+    a.add_argument("--out", default=None, help="results folder (default RUN/additivity)")
+    a.add_argument("--n", type=int, default=2048, help="sequences per measurement")
+    a.add_argument("--how", default="zero", choices=["zero", "mean"], help="ablation of the inactive heads")
+    a.set_defaults(fn=_cmd_additivity)
+
+    c = sub.add_parser("clamp-sweep", help="train every subcircuit-clamp condition over seeds; phase-change table")
+    c.add_argument("config", nargs="?", default=None, help="base TOML config (default: the reference setup)")
+    c.add_argument("--out", default="results/clamp-sweep")
+    c.add_argument("--seeds", default="0,1,2")
+    c.add_argument("--sequences", default="6e5", help="sequences per run (default 6e5)")
+    c.add_argument("--conditions", default=None, help="comma-separated subset of: none, prev_token, layer1, "
+                   "layer1+match, copy, layer1+copy")
+    c.add_argument("--workers", type=int, default=2, help="trainings at a time (one CPU thread each)")
+    c.set_defaults(fn=_cmd_clamp_sweep)
+
+    ds = sub.add_parser("data-sweep", help="phase-change time against a data property")
+    ds.add_argument("config", nargs="?", default=None, help="base TOML config (default: the reference setup)")
+    ds.add_argument("--vary", required=True, help="NAME=v1,v2,..., NAME in labels, classes, burstiness, context "
+                    "or a dotted key")
+    ds.add_argument("--out", default="results/data-sweep")
+    ds.add_argument("--seeds", default="0,1")
+    ds.add_argument("--sequences", default=None, help="sequences per run (default: the config's)")
+    ds.add_argument("--workers", type=int, default=2)
+    ds.set_defaults(fn=_cmd_data_sweep)
 
     i = sub.add_parser("info", help="load a model and print its shape and hook points")
     _model_args(i)

@@ -8,6 +8,7 @@ A run is a config (TOML, sections [model] [data] [train] [eval] and [[clamp]] en
     RUN/summary.json         final measures and the phase change (step and sequences, or null)
     RUN/checkpoints/step_N/  model checkpoints (safetensors + JSON) at regular and log-spaced steps
     RUN/state/               the training state for resuming (weights, Adam moments, data RNG)
+    RUN/final/               the trained model (all seeds of an ensemble in one checkpoint)
 
 Several seeds (``train.seeds = [1, 2, 3]``) train side by side as one ensemble (stacked weights, one
 optimizer step for all); each seed then has its own folder RUN/seed_S/ with the files above.
@@ -540,6 +541,9 @@ class Trainer:
             bar.close()
             for w in writers:
                 w.close()
+        if self.step >= self.total_steps and not (self.out / "final" / "model.safetensors").exists():
+            # the whole trained ensemble (member r = seed r), e.g. a frozen source for Graft clamps
+            self.model.save(self.out / "final", extra={"seeds": self.seeds, "step": self.step})
         summaries = [self._summarize(r, rows[r], time.time() - t0, resumed) for r in range(self.R)]
         return summaries
 

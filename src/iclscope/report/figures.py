@@ -30,3 +30,63 @@ def head_heatmap(df: pd.DataFrame, column: str, path: str | Path, title: str = "
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def loss_curves(path: str | Path, runs: dict, threshold: float | None = None, title: str = "",
+                column: str = "train_loss") -> Path:
+    """Loss against sequences seen, one line per run name (mean over its seeds, shaded min-max).
+
+    runs: name -> list of metrics DataFrames (one per seed), each with columns sequences and ``column``."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, dfs) in enumerate(runs.items()):
+        x = dfs[0].sequences.to_numpy()
+        ys = np.stack([df[column].to_numpy()[: len(x)] for df in dfs])
+        c = colors[i % len(colors)]
+        ax.plot(np.maximum(x, 1), ys.mean(0), color=c, label=name, lw=1.6)
+        if len(dfs) > 1:
+            ax.fill_between(np.maximum(x, 1), ys.min(0), ys.max(0), color=c, alpha=0.15, lw=0)
+    if threshold is not None:
+        ax.axhline(threshold, color="grey", ls="--", lw=1, label=f"threshold {threshold:.3f}")
+    ax.axhline(np.log(2), color="k", ls=":", lw=1, label="ln 2 (chance in context)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("sequences seen")
+    ax.set_ylabel(column.replace("_", " "))
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def line_panels(path: str | Path, panels: list[dict]) -> Path:
+    """Side-by-side panels. Each: title, x, xlabel, series {label: y}, optional kind="bar", logy,
+    ylim, err (error bars for a single series)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        x = np.asarray(list(p["x"]))
+        series = p["series"]
+        if p.get("kind") == "bar":
+            w = 0.8 / len(series)
+            for j, (label, y) in enumerate(series.items()):
+                ax.bar(np.arange(len(x)) + (j - (len(series) - 1) / 2) * w, np.asarray(list(y)), w, label=label)
+            ax.set_xticks(np.arange(len(x)))
+            ax.set_xticklabels([str(v) for v in x])
+        else:
+            for label, y in series.items():
+                ax.errorbar(x, np.asarray(list(y), dtype=float), yerr=p.get("err"), marker="o", label=label, capsize=3)
+        if p.get("logy"):
+            ax.set_yscale("log")
+        if p.get("ylim"):
+            ax.set_ylim(*p["ylim"])
+        ax.set_title(p.get("title", ""), fontsize=10)
+        ax.set_xlabel(p.get("xlabel", ""))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

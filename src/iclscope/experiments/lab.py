@@ -1,0 +1,298 @@
+"""Training-lab experiments: additivity of trained heads, clamp sweeps, data sweeps.
+
+Each writes a results folder (config.json, CSV tables, PNG figures, report.html) and reuses finished
+runs when started again with the same settings.
+
+Layer names: the study calls the two layers "layer 1" and "layer 2"; iclscope counts from 0, so the
+study's layer 1 is layer 0 here and its induction-head layer 2 is layer 1 (the last layer).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .. import Ablate
+from ..data.synthetic import FewShotConfig, FewShotData
+from ..errors import IclscopeError
+from ..models.tiny import TinyModel
+from ..report import ResultsDir, write_report
+from ..report.figures import line_panels, loss_curves
+from ..train import Trainer, detect_phase_change, load_config, validate_config
+
+# The subcircuit clamps of the study (reference section B). A = layer-0 previous-token attention and
+# copy; B = the induction head's QK match; C = the induction head's copy (values). "graft" entries take
+# the frozen, fully trained model of the unclamped condition.
+CONDITIONS = {
+    "none": [],
+    "prev_token": [{"kind": "ClampPattern", "heads": "layer:0", "pattern": "prev_token"}],
+    "layer1": [{"kind": "Graft", "source": "@none", "layers": [0], "site": "resid_post"}],
+    "layer1+match": [{"kind": "Graft", "source": "@none", "layers": [0], "site": "resid_post"},
+                     {"kind": "ClampPattern", "heads": "layer:1", "pattern": "label_induction", "strength": 1.0}],
+    "copy": [{"kind": "Graft", "source": "@none", "heads": "layer:1", "site": "v"}],
+    "layer1+copy": [{"kind": "Graft", "source": "@none", "layers": [0], "site": "resid_post"},
+                    {"kind": "Graft", "source": "@none", "heads": "layer:1", "site": "v"}],
+}
+CONDITION_TEXT = {
+    "none": "no clamp",
+    "prev_token": "layer-0 heads' patterns set to the ideal previous-token pattern (A's attention)",
+    "layer1": "layer 0's output grafted from the trained model (all of A)",
+    "layer1+match": "layer 0 grafted + layer-1 query rows set to the correct label (A + B)",
+    "copy": "layer-1 values grafted from the trained model (C)",
+    "layer1+copy": "layer 0 grafted + layer-1 values grafted (A + C)",
+}
+DATA_KEYS = {"labels": "data.n_labels", "classes": "data.n_classes", "burstiness": "data.bursty",
+             "bursty": "data.bursty", "context": "data.context_pairs", "context_pairs": "data.context_pairs"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Additivity
+# ----------------------------------------------------------------------------------------------------
+
+
+def _final_checkpoint(run: Path) -> Path:
+    ckpts = sorted((run / "checkpoints").glob("step_*")) if (run / "checkpoints").exists() else []
+    if not ckpts:
+        raise IclscopeError(f"{run}: no checkpoints (is it a training run folder? for an ensemble give RUN/seed_S)")
+    return ckpts[-1]
+
+
+def additivity(run: str | Path, out: str | Path | None = None, n: int = 2048, how: str = "zero", seed: int = 0,
+               log=print) -> dict:
+    """How the last layer's heads share the work, on the trained model of ``run``.
+
+    - each head alone: every other last-layer head ablated; accuracy and loss;
+    - heads added back strongest first (by induction strength): loss and accuracy with the top k active;
+    - each head ablated alone.
+    Ablation is ``how`` ("zero" or "mean": the head's mean output over the batch) at every position.
+    Measured without the run's clamps, on n train-split sequences (and held-out classes).
+    """
+    run = Path(run)
+    ckpt = _final_checkpoint(run)
+    model = TinyModel.load(ckpt)
+    meta = json.loads((ckpt / "iclscope.json").read_text())
+    cfg = meta.get("train_config") or json.loads((run / "config.json").read_text())
+    res = ResultsDir(out or run / "additivity", {"command": "additivity", "run": str(run), "checkpoint": ckpt.name,
+                                                 "n": n, "how": how, "seed": seed}, overwrite=True)
+    data = FewShotData(FewShotConfig(**{k: v for k, v in cfg["data"].items() if k != "kind"}))
+    g = torch.Generator().manual_seed(seed)
+    L = model.n_layers - 1
+    H = model.n_heads
+    batches = {"train": data.sample(n, "train", g), "heldout_classes": data.sample(n, "heldout_classes", g)}
+
+    def measure(active: list[int], split="train") -> tuple[float, float]:
+        b = batches[split]
+        off = [(L, h) for h in range(H) if h not in active]
+        ivs = [Ablate(off, how=how)] if off else []
+        with torch.no_grad():
+            q = model.run(b, interventions=ivs)[0][:, -1]
+        return float(F.cross_entropy(q, b.target)), float((q.argmax(-1) == b.target).float().mean())
+
+    with torch.no_grad():
+        b = batches["train"]
+        _, cache = model.run(b, record=["pattern"], layers=[L], positions=[-1])
+        pat = cache.site("pattern", L)[:, :, 0]  # (n, H, T)
+        rows = torch.arange(n)
+        strength = (pat[rows, :, b.correct_pos] - pat[rows, :, b.wrong_pos[:, 0]]).mean(0)  # (H,)
+    full_loss, full_acc = measure(list(range(H)))
+    single = pd.DataFrame([{"head": h, "induction_strength": float(strength[h]),
+                            **dict(zip(["loss_only_this_head", "acc_only_this_head"], measure([h]))),
+                            **dict(zip(["loss_ablate_this_head", "acc_ablate_this_head"],
+                                       measure([x for x in range(H) if x != h])))} for h in range(H)])
+    order = single.sort_values("induction_strength", ascending=False)["head"].tolist()
+    add_back = pd.DataFrame([{"heads_active": k, "heads": " ".join(map(str, order[:k])),
+                              **dict(zip(["loss", "acc"], measure(order[:k]))),
+                              **dict(zip(["heldout_classes_loss", "heldout_classes_acc"],
+                                         measure(order[:k], "heldout_classes")))} for k in range(H + 1)])
+    res.write_table("heads.csv", single)
+    res.write_table("add_back.csv", add_back)
+    fig = line_panels(res.file("additivity.png"), [
+        {"title": "one head active (others ablated)", "x": single["head"], "xlabel": f"layer-{L} head",
+         "series": {"accuracy": single.acc_only_this_head, "induction strength": single.induction_strength},
+         "kind": "bar"},
+        {"title": "one head ablated", "x": single["head"], "xlabel": f"layer-{L} head",
+         "series": {"accuracy": single.acc_ablate_this_head}, "kind": "bar", "ylim": (0, 1.05)},
+        {"title": "heads added back, strongest first", "x": add_back.heads_active, "xlabel": "heads active",
+         "series": {"train loss": add_back.loss, "held-out classes loss": add_back.heldout_classes_loss},
+         "logy": True},
+    ])
+    summary = {"run": str(run), "checkpoint": ckpt.name, "full_loss": full_loss, "full_acc": full_acc,
+               "min_acc_ablating_one_head": float(single.acc_ablate_this_head.min()),
+               "max_acc_one_head_alone": float(single.acc_only_this_head.max()),
+               "loss_by_heads_added": add_back.loss.round(5).tolist()}
+    res.file("summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(res.file("report.html"), f"Additivity of layer-{L} heads: {run}", [
+        {"heading": "What was measured", "text": additivity.__doc__},
+        {"heading": "Figures", "figure": fig},
+        {"heading": "Per head", "table": single},
+        {"heading": "Adding heads back, strongest first", "table": add_back},
+    ])
+    log(single.round(3).to_string(index=False))
+    log(add_back[["heads_active", "heads", "loss", "acc"]].round(4).to_string(index=False))
+    log(f"full model: loss {full_loss:.4f}, acc {full_acc:.3f}; ablating any one head leaves acc >= "
+        f"{summary['min_acc_ablating_one_head']:.3f}; results in {res.path}/")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sweeps: many trainings, two at a time
+# ----------------------------------------------------------------------------------------------------
+
+
+def _train_worker(cfg: dict, out: str) -> str:
+    torch.set_num_threads(1)
+    Trainer(cfg, out, progress=False, log=lambda *a: None).train()
+    return out
+
+
+def _finished(out: Path, cfg: dict) -> bool:
+    try:
+        return (json.loads((out / "config.json").read_text()) == json.loads(json.dumps(cfg))
+                and (out / "final" / "model.safetensors").exists())
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _run_all(jobs: list[tuple[dict, Path]], workers: int, log) -> None:
+    """Train each (cfg, out) in its own process, ``workers`` at a time; finished ones are skipped."""
+    todo = [(c, o) for c, o in jobs if not _finished(o, c)]
+    for c, o in jobs:
+        if (c, o) not in todo:
+            log(f"  reusing finished run {o}")
+    if not todo:
+        return
+    from tqdm.auto import tqdm
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(min(workers, len(todo))) as pool, tqdm(total=len(todo), unit="run", desc="trainings") as bar:
+        pending = [pool.apply_async(_train_worker, (c, str(o))) for c, o in todo]
+        for p in pending:
+            out = p.get()
+            bar.update(1)
+            bar.write(f"  finished {out}")
+
+
+def _curves(out: Path, seeds: list[int]) -> list[pd.DataFrame]:
+    R = len(seeds)
+    return [pd.read_csv((out if R == 1 else out / f"seed_{s}") / "metrics.csv") for s in seeds]
+
+
+def _phase_rows(name: str, dfs: list[pd.DataFrame], seeds, threshold: float) -> dict:
+    times = []
+    for df in dfs:
+        pc = detect_phase_change(df.sequences, df.train_loss, df.step, threshold)
+        times.append(pc["sequences"] if pc else float("nan"))
+    t = np.array(times, dtype=float)
+    ok = t[np.isfinite(t)]
+    return {"condition": name, "seeds": len(seeds), "reached": int(len(ok)),
+            "phase_change_mean": float(ok.mean()) if len(ok) else float("nan"),
+            "phase_change_std": float(ok.std(ddof=1)) if len(ok) > 1 else float("nan"),
+            "per_seed": " ".join("-" if not np.isfinite(v) else f"{v:.3g}" for v in t),
+            "final_train_loss": float(np.mean([df.train_loss.iloc[-1] for df in dfs]))}
+
+
+def _base_config(config) -> dict:
+    return load_config(config) if config is None or isinstance(config, (str, Path)) else validate_config(config)
+
+
+def clamp_sweep(config=None, out: str | Path = "results/clamp-sweep", seeds=(0, 1, 2), sequences: int = 600_000,
+                conditions: list[str] | None = None, workers: int = 2, log=print) -> pd.DataFrame:
+    """Train each subcircuit-clamp condition (``CONDITIONS``) as an ensemble over ``seeds`` and compare the
+    time to the phase change (train loss below ``eval.phase_threshold``, by default 0.4 ln 2).
+
+    Graft conditions graft from the frozen final model of the unclamped run (member r into member r),
+    so "none" trains first. Writes phase_change.csv, loss_curves.png and report.html.
+    """
+    conditions = list(conditions or CONDITIONS)
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if unknown:
+        raise IclscopeError(f"unknown condition(s) {', '.join(unknown)}; known: {', '.join(CONDITIONS)}")
+    base = _base_config(config)
+    base["train"]["seeds"] = [int(s) for s in seeds]
+    base["train"]["sequences"] = int(sequences)
+    base["train"]["threads"] = 1
+    out = Path(out)
+    res = ResultsDir(out, {"command": "clamp-sweep", "base": base, "conditions": conditions})
+    needs_none = any("@none" in json.dumps(CONDITIONS[c]) for c in conditions)
+    if needs_none and "none" not in conditions:
+        conditions = ["none"] + conditions
+
+    def cfg_for(name):
+        cfg = copy.deepcopy(base)
+        cfg["name"] = name
+        cfg["clamp"] = json.loads(json.dumps(CONDITIONS[name]).replace('"@none"', json.dumps(str(out / "none" / "final"))))
+        return validate_config(cfg)
+
+    t0 = time.time()
+    first = [c for c in conditions if "@none" not in json.dumps(CONDITIONS[c])]
+    later = [c for c in conditions if c not in first]
+    log(f"clamp sweep: {len(conditions)} conditions x {len(seeds)} seeds x {sequences:,} sequences -> {out}/")
+    _run_all([(cfg_for(c), out / c) for c in first], workers, log)
+    _run_all([(cfg_for(c), out / c) for c in later], workers, log)
+    thr = float(base["eval"]["phase_threshold"])
+    curves = {c: _curves(out / c, base["train"]["seeds"]) for c in conditions}
+    table = pd.DataFrame([_phase_rows(c, curves[c], seeds, thr) for c in conditions])
+    table["what"] = [CONDITION_TEXT[c] for c in conditions]
+    res.write_table("phase_change.csv", table)
+    fig = loss_curves(res.file("loss_curves.png"), {c: curves[c] for c in conditions}, threshold=thr,
+                      title=f"train loss by clamp condition ({len(seeds)} seeds: mean and range)")
+    write_report(res.file("report.html"), "Clamp sweep", [
+        {"heading": "Conditions", "text": "\n\n".join(f"{c}: {CONDITION_TEXT[c]}" for c in conditions)},
+        {"heading": "Loss curves", "figure": fig},
+        {"heading": f"Sequences until train loss < {thr:.3f}", "table": table},
+    ])
+    log(table.drop(columns=["what"]).to_string(index=False))
+    log(f"clamp sweep done in {time.time() - t0:.0f} s; results in {out}/")
+    return table
+
+
+def data_sweep(config=None, vary: str = "labels=5,10,15", out: str | Path = "results/data-sweep", seeds=(0, 1),
+               sequences: int | None = None, workers: int = 2, log=print) -> pd.DataFrame:
+    """Phase-change time against one data property: ``vary`` is NAME=v1,v2,... with NAME one of labels,
+    classes, burstiness, context (or any dotted config key such as data.exemplar_noise)."""
+    name, sep, values = vary.partition("=")
+    if not sep or not values:
+        raise IclscopeError(f"--vary {vary!r}: expected NAME=v1,v2,... e.g. labels=5,10,15")
+    key = DATA_KEYS.get(name, name)
+    if "." not in key:
+        raise IclscopeError(f"--vary: unknown property {name!r}; use {', '.join(sorted(DATA_KEYS))} or a dotted key")
+    section, field = key.split(".", 1)
+    base = _base_config(config)
+    if field not in base[section] and section in ("train", "eval"):
+        raise IclscopeError(f"--vary: unknown key {key}")
+    base["train"]["seeds"] = [int(s) for s in seeds]
+    base["train"]["threads"] = 1
+    if sequences:
+        base["train"]["sequences"] = int(sequences)
+    out = Path(out)
+    vals = [json.loads(v) if v.replace(".", "", 1).replace("-", "", 1).isdigit() else v for v in values.split(",")]
+    res = ResultsDir(out, {"command": "data-sweep", "base": base, "vary": key, "values": vals})
+    jobs = []
+    for v in vals:
+        cfg = copy.deepcopy(base)
+        cfg[section][field] = v
+        cfg["name"] = f"{name}={v}"
+        jobs.append((validate_config(cfg), out / f"{name}={v}"))
+    log(f"data sweep over {key} = {vals}: {len(vals)} runs x {len(seeds)} seeds -> {out}/")
+    _run_all(jobs, workers, log)
+    thr = float(base["eval"]["phase_threshold"])
+    curves = {f"{name}={v}": _curves(o, base["train"]["seeds"]) for v, (_, o) in zip(vals, jobs)}
+    table = pd.DataFrame([_phase_rows(k, c, seeds, thr) for k, c in curves.items()])
+    table.insert(1, name, vals)
+    res.write_table("phase_change.csv", table)
+    fig = loss_curves(res.file("loss_curves.png"), curves, threshold=thr, title=f"train loss by {name}")
+    fig2 = line_panels(res.file("phase_change.png"), [
+        {"title": f"phase change against {name}", "x": vals, "xlabel": name,
+         "series": {"sequences to loss < threshold": table.phase_change_mean}, "err": table.phase_change_std}])
+    write_report(res.file("report.html"), f"Data sweep: {key}", [
+        {"heading": "Phase change", "figure": fig2, "table": table}, {"heading": "Loss curves", "figure": fig}])
+    log(table.to_string(index=False))
+    return table
