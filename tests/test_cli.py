@@ -21,12 +21,12 @@ def test_help_lists_commands():
 
 
 def test_demo_writes_results(tmp_path):
-    r = run_cli("demo", "--out", str(tmp_path / "demo"))
+    r = run_cli("demo", "--no-train", "--out", str(tmp_path / "demo"))
     assert r.returncode == 0, r.stderr
-    df = pd.read_csv(tmp_path / "demo" / "heads.csv")
+    df = pd.read_csv(tmp_path / "demo" / "heads" / "heads.csv")
     assert len(df) == 8 and (df.kl_mean_ablation > 0).all()
-    assert json.loads((tmp_path / "demo" / "config.json").read_text())["model"] == "random:gpt2"
-    assert (tmp_path / "demo" / "kl_mean_ablation.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "demo" / "heads" / "config.json").read_text())["model"] == "random:gpt2"
+    assert (tmp_path / "demo" / "heads" / "kl_mean_ablation.png").stat().st_size > 1000
     assert "one batched pass" in r.stdout
 
 

@@ -9,7 +9,7 @@ import sys
 def _cmd_demo(args) -> int:
     from .experiments.demo import run_demo
 
-    run_demo(out=args.out, model_spec=args.model, seed=args.seed)
+    run_demo(out=args.out, model_spec=args.model, seed=args.seed, train=not args.no_train)
     return 0
 
 
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
     d.add_argument("--model", default="random:gpt2", help="model spec (default random:gpt2)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-train", action="store_true", help="skip the training-lab part")
     d.set_defaults(fn=_cmd_demo)
 
     t = sub.add_parser("train", help="train a small transformer (training lab), clamps throughout training")

@@ -410,8 +410,7 @@ class Trainer:
         with ctx:
             for split, batch in self.eval_sets.items():
                 extra = self.clamps.for_batch(batch) if self.cfg["eval"]["clamps"] else []
-                logits, cache = self.model.run(batch, interventions=extra, record=["pattern"], layers=[self.last_layer],
-                                               positions=[-1])
+                logits, cache = self.model.run(batch, interventions=extra, record=["pattern"])
                 q = logits[:, -1].float()
                 loss = F.cross_entropy(q, batch.target, reduction="none").view(self.R, -1).mean(1)
                 acc = (q.argmax(-1) == batch.target).float().view(self.R, -1).mean(1)
@@ -420,7 +419,14 @@ class Trainer:
                     out[r][f"{name}_loss"] = float(loss[r])
                     out[r][f"{split}_acc"] = float(acc[r])
                 if split == "train":
-                    pat = cache.site("pattern", self.last_layer)[:, :, 0]  # (R*B, H, T)
+                    # layer-0 previous-token attention on the task: from each label to the exemplar before it
+                    p0 = cache.site("pattern", 0)  # (R*B, H, T, T)
+                    lab = torch.arange(1, p0.shape[-1] - 1, 2)
+                    task_prev = p0[:, :, lab, lab - 1].mean(-1).view(self.R, -1, p0.shape[1]).mean(1)  # (R, H)
+                    for r in range(self.R):
+                        for h in range(p0.shape[1]):
+                            out[r][f"task_prev_L0H{h}"] = float(task_prev[r, h])
+                    pat = cache.site("pattern", self.last_layer)[:, :, -1]  # (R*B, H, T): the query's row
                     rows = torch.arange(pat.shape[0])
                     to_correct = pat[rows, :, batch.correct_pos.clamp(min=0)]  # (R*B, H)
                     to_wrong = torch.stack([pat[rows, :, batch.wrong_pos[:, j].clamp(min=0)]

@@ -1,12 +1,16 @@
-"""``iclscope demo``: the head interface end to end on a model that needs no download.
+"""``iclscope demo``: the main job on built-in defaults, nothing downloaded.
 
-Loads a model, records every head on repeated random token sequences, mean-ablates each head's
-final-token output (all heads in one batched forward pass, one head per batch row), measures how much
-each changes the next-token distribution, then ablates the top heads together.
+1. The head interface: load a model, record every head on repeated random token sequences, mean-ablate
+   each head's final-token output (all heads in one batched forward pass, one head per batch row),
+   measure how much each changes the next-token distribution, then ablate the top heads together.
+2. The training lab: a short few-shot classification run (the reference model and data, with a larger
+   learning rate so that it fits in a demo) that shows the plateau near ln 2, the abrupt phase change,
+   and the last-layer heads turning into induction heads; then the additivity of those heads.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -25,8 +29,49 @@ def kl_from(clean_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return (clean_logp.exp() * (clean_logp - logp)).sum(-1)
 
 
+DEMO_TRAIN = ["train.lr=1e-4", "train.sequences=120000", "eval.every=50", "eval.checkpoint_every=500"]
+
+
 def run_demo(out: str | Path = "results/demo", model_spec: str = "random:gpt2", n_seqs: int = 16,
-             half: int = 20, top_k: int = 3, seed: int = 0, log=print) -> dict:
+             half: int = 20, top_k: int = 3, seed: int = 0, train: bool = True, log=print) -> dict:
+    summary = head_interface_demo(Path(out) / "heads", model_spec, n_seqs, half, top_k, seed, log)
+    if train:
+        summary["training"] = training_demo(Path(out) / "training", log)
+    write_report(Path(out) / "report.html", "iclscope demo", [
+        {"heading": "What ran", "text": __doc__},
+        {"heading": "1. Per-head effect of mean ablation (final token)", "figure": Path(out) / "heads" / "kl_mean_ablation.png"},
+        *([{"heading": "2. Training lab: the phase change", "figure": Path(out) / "training" / "phase_change.png",
+            "text": json.dumps(summary["training"]["phase_change"])},
+           {"heading": "2b. Additivity of the trained heads", "figure": Path(out) / "training" / "additivity" / "additivity.png"}]
+          if train else []),
+    ])
+    log(f"demo report: {Path(out) / 'report.html'}")
+    return summary
+
+
+def training_demo(out: Path, log=print) -> dict:
+    from ..report.figures import training_story
+    from ..train import load_config, train as train_run
+    from .lab import additivity
+
+    log(f"\n== training lab: few-shot classification, {DEMO_TRAIN} -> {out}/")
+    [s] = train_run(load_config(None, DEMO_TRAIN), out, log=log)
+    df = pd.read_csv(out / "metrics.csv")
+    fig = training_story(out / "phase_change.png", df, s["phase_change"],
+                         title="2-layer attention-only transformer on few-shot classification (lr 1e-4)")
+    pc = s["phase_change"]
+    log(f"phase change: {'at ' + format(pc['sequences'], ',') + ' sequences (step ' + str(pc['step']) + '), plateau ' + format(pc['plateau_loss'], '.3f') if pc else 'none'}; "
+        f"final train loss {s['final']['train_loss']:.4f}; {s['heads_strength_above_0.3']} heads with induction strength > 0.3")
+    add = additivity(out, n=1024, log=lambda *a: None)
+    log(f"additivity: strongest head alone acc {add['max_acc_one_head_alone']:.3f}; ablating any one head leaves "
+        f"acc >= {add['min_acc_ablating_one_head']:.3f}; loss with 1..{len(add['loss_by_heads_added']) - 1} heads: "
+        f"{', '.join(f'{v:.3g}' for v in add['loss_by_heads_added'][1:])}")
+    log(f"figure: {fig}")
+    return {"phase_change": pc, "final": s["final"], "heads_strength_above_0.3": s["heads_strength_above_0.3"],
+            "additivity": add}
+
+
+def head_interface_demo(out: Path, model_spec: str, n_seqs: int, half: int, top_k: int, seed: int, log=print) -> dict:
     res = ResultsDir(out, {"command": "demo", "model": model_spec, "n_seqs": n_seqs, "half": half,
                            "top_k": top_k, "seed": seed}, overwrite=True)
     t0 = time.time()

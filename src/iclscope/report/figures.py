@@ -90,3 +90,43 @@ def line_panels(path: str | Path, panels: list[dict]) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def training_story(path: str | Path, df: pd.DataFrame, phase: dict | None, title: str = "") -> Path:
+    """Two panels of a training run's metrics.csv: losses (with the phase change marked) and the heads
+    (last-layer induction strength, best layer-0 previous-token score) against sequences seen."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    x = np.maximum(df.sequences.to_numpy(), 1)
+    a.plot(x, df.train_loss, label="train loss", lw=1.8)
+    for col, lab in (("heldout_labels_loss", "held-out label pairs"), ("heldout_exemplars_loss", "held-out exemplars"),
+                     ("heldout_classes_loss", "held-out classes")):
+        if col in df:
+            a.plot(x, df[col], label=lab, lw=1, alpha=0.8)
+    a.axhline(np.log(2), color="k", ls=":", lw=1, label="ln 2")
+    if phase:
+        a.axvline(phase["sequences"], color="crimson", lw=1.2, label=f"phase change ({phase['sequences']:,})")
+        a.axvspan(max(phase["drop_start_sequences"], 1), phase["drop_end_sequences"], color="crimson", alpha=0.08)
+    a.set_yscale("log")
+    a.set_xlabel("sequences seen")
+    a.set_ylabel("loss at the query")
+    a.legend(fontsize=8, loc="lower left")
+    a.set_title("loss", fontsize=10)
+    strengths = [c for c in df.columns if c.startswith("ind_strength_")]
+    for c in strengths:
+        b.plot(x, df[c], lw=1, label=c.replace("ind_strength_", "").replace("L", "layer ").replace("H", " head "))
+    prev0 = [c for c in df.columns if c.startswith("task_prev_L0H")]
+    if prev0:
+        b.plot(x, df[prev0].max(axis=1), color="k", ls="--", lw=1.5,
+               label="best layer-0 head: label -> preceding exemplar")
+    if phase:
+        b.axvline(phase["sequences"], color="crimson", lw=1.2)
+    b.set_xlabel("sequences seen")
+    b.set_ylabel("attention: correct label minus wrong label")
+    b.set_title("last-layer heads' induction strength", fontsize=10)
+    b.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
