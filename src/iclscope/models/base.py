@@ -191,6 +191,60 @@ class Model:
             self.hooks.clear()
         return logits, cache
 
+    # ------------------------------------------------------------------ final token against a cached prefix
+    def prefix_cache(self, inputs: Any, interventions: Sequence = ()) -> "PrefixCache":
+        """One full pass (no gradient, under the active interventions plus ``interventions``) that keeps
+        every layer's keys and values for all positions but the last, so that the final token can be
+        re-run alone, many times, with ``run_last_token``. Inputs as for ``run`` (T >= 2).
+
+        The cached keys/values are those the layer computed, before any k/v hook; the cache also holds the
+        full pass's final-position logits (``.logits``, (B, vocab))."""
+        d = self._inputs(inputs)
+        T = d["tokens"].shape[1]
+        if T < 2:
+            raise IclscopeError("prefix_cache needs sequences of at least 2 tokens")
+        kv_out: dict = {}  # filled by _forward; a pre-pass writes it too, the main pass (last) wins
+        with torch.no_grad():
+            logits, _ = self.run({**d, "kv_out": kv_out}, interventions=interventions)
+        if sorted(kv_out) != list(range(self.n_layers)):
+            raise IclscopeError(f"prefix_cache: the {self.family} forward pass returned keys/values for layers "
+                                f"{sorted(kv_out)}, not all {self.n_layers}")
+        kv = [kv_out[layer] for layer in range(self.n_layers)]
+        last = {k: d[k][:, -1:] for k in ("tokens", "vectors", "vector_mask") if d.get(k) is not None}
+        mask = d.get("attention_mask")
+        pos = None
+        if mask is not None:
+            pos = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -1:]
+        return PrefixCache(kv, last, mask, pos, logits[:, -1].detach(), T)
+
+    def run_last_token(self, prefix: "PrefixCache", rows=None, interventions: Sequence = (),
+                       record: Sequence[str] | None = None, layers: Iterable[int] | None = None,
+                       positions=None, grad: bool = False) -> tuple[torch.Tensor, Cache]:
+        """Run only the final token of B' rows against a ``prefix_cache``: row i continues prompt
+        ``rows[i]`` (default: each prompt once). Equals the final position of a full pass on those prompts.
+
+        Interventions and recording work as in ``run`` on a sequence of length 1: ``positions=[-1]`` (or 0)
+        is the final token; q, z and residual sites have shape (B', 1, ...), patterns (B', H, 1, T); the k and
+        v hooks see the whole key axis (B', T, H, D), the cached prefix included (recording k/v at chosen
+        positions is refused). The prefix is fixed: an intervention here changes the final token only, which
+        equals a full pass for interventions at the final position. One that also changes earlier positions
+        in a full pass (e.g. a key patch at an earlier position) must be given to ``prefix_cache`` as well:
+        the cache holds keys/values from before the k/v hooks, so the same patch then applies to both.
+        Returns (logits (B', 1, vocab), Cache).
+        """
+        if not isinstance(prefix, PrefixCache):
+            raise IclscopeError(f"run_last_token needs a PrefixCache from model.prefix_cache, "
+                                f"got {type(prefix).__name__}")
+        if record and positions is not None and any(r in ("k", "v") or r.endswith(("hook_k", "hook_v"))
+                                                    for r in record):
+            raise IclscopeError("run_last_token: k and v span the whole key axis; record them without positions")
+        rows = prefix.rows(rows)
+        view = PrefixRows(prefix, rows)
+        inputs = {k: view.select(v) for k, v in prefix.last.items()}
+        inputs["prefix"] = view
+        return self.run(inputs, interventions=interventions, record=record, layers=layers, positions=positions,
+                        grad=grad)
+
     def _plain_run(self, inputs: dict, record_names: Sequence[str]) -> tuple[torch.Tensor, Cache]:
         """A pass with no interventions at all (for pre-passes), recording full hook names."""
         cache = Cache()
@@ -251,15 +305,80 @@ class Model:
         return inputs["tokens"].shape[1]
 
 
+class PrefixCache:
+    """Every layer's keys and values for positions 0..T-2 of a batch of B prompts, from one full pass
+    (``Model.prefix_cache``), so that the final token can be re-run alone (``Model.run_last_token``).
+
+    Attributes: kv (per layer (keys, values), the family's own layout, taken before the k/v hooks);
+    last (the inputs at the final position, each (B, 1, ...)); attention_mask ((B, T) or None);
+    position_ids ((B, 1) position of the final token, or None); logits ((B, vocab) final-position
+    logits of the full pass); seq_len (T).
+    """
+
+    def __init__(self, kv, last: dict, attention_mask, position_ids, logits: torch.Tensor, seq_len: int):
+        self.kv, self.last, self.attention_mask, self.position_ids = kv, last, attention_mask, position_ids
+        self.logits, self.seq_len = logits, seq_len
+
+    def __len__(self) -> int:
+        return int(self.last["tokens"].shape[0])
+
+    def rows(self, rows=None) -> torch.Tensor:
+        """Normalise a row map (length-B' prefix rows) to an int64 tensor; None = every prompt once."""
+        B = len(self)
+        if rows is None:
+            return torch.arange(B)
+        rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1).cpu()
+        if rows.numel() == 0:
+            raise IclscopeError("run_last_token: rows is empty")
+        if int(rows.min()) < 0 or int(rows.max()) >= B:
+            raise IclscopeError(f"run_last_token: rows name prompts beyond the prefix cache's {B}")
+        return rows
+
+
+class PrefixRows:
+    """A view of a PrefixCache for B' rows (row i continues prompt rows[i]); what ``_forward`` gets."""
+
+    def __init__(self, cache: PrefixCache, rows: torch.Tensor):
+        self.cache, self.rows = cache, rows
+        self.same = bool((rows == rows[0]).all())  # one prompt for every row: expand (a view), no copy
+
+    def select(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """t[rows] along the batch axis (an expanded view when every row uses one prompt)."""
+        if t is None:
+            return None
+        if self.same:
+            return t[int(self.rows[0])].unsqueeze(0).expand(len(self.rows), *t.shape[1:])
+        return t.index_select(0, self.rows.to(t.device))
+
+    def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.cache.kv[layer]
+        return self.select(k), self.select(v)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 def _recorder(cache: Cache, name: str, pos: torch.Tensor | None, grad: bool):
     is_pattern = name.endswith("hook_pattern")
 
     def record(x: torch.Tensor, ctx) -> torch.Tensor:
-        y = x
-        if pos is not None:
-            y = y[:, :, pos.to(x.device)] if is_pattern else y[:, pos.to(x.device)]
-        cache[name] = y if grad else y.detach()
-        return x
+        if pos is None:
+            cache[name] = x if grad else x.detach()
+            return x
+        p = pos.to(x.device)
+        y = x[:, :, p] if is_pattern else x[:, p]
+        if not grad:
+            cache[name] = y.detach()
+            return x
+        # with gradients, the recorded slice must be what flows on, so that it gets a .grad
+        y = y.clone()
+        cache[name] = y
+        out = x.clone()
+        if is_pattern:
+            out[:, :, p] = y
+        else:
+            out[:, p] = y
+        return out
 
     return record
 
@@ -285,4 +404,4 @@ def head_means(model: Model, inputs: Any, positions=-1, batch_size: int = 32) ->
     return (total / count).to(model.dtype)
 
 
-__all__ = ["Cache", "HookPoints", "Model", "head_means", "HEAD_SITES"]
+__all__ = ["Cache", "HookPoints", "Model", "PrefixCache", "head_means", "HEAD_SITES"]

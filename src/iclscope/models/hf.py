@@ -45,6 +45,9 @@ def _iclscope_attention(module, query, key, value, attention_mask, scaling=None,
 
     hooks: HookPoints | None = getattr(module, "_iclscope_hooks", None)
     layer = getattr(module, "layer_idx", None)
+    prefix = getattr(module, "_iclscope_prefix", None)
+    if prefix is not None and not kwargs.pop("_iclscope_no_prefix", False):
+        return _prefix_attention(module, query, key, value, prefix, scaling, dropout, **kwargs)
     if hooks is None or layer is None or not hooks.layer_active(layer):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
@@ -74,6 +77,62 @@ def _iclscope_attention(module, query, key, value, attention_mask, scaling=None,
     if dropout and module.training:
         pattern = torch.nn.functional.dropout(pattern, p=dropout)
     z = hooks(p + "hook_z", torch.matmul(pattern, v).transpose(1, 2))  # (B, Tq, H, D)
+    return z.contiguous(), pattern
+
+
+def _prefix_attention(module, query, key, value, prefix, scaling, dropout, **kwargs):
+    """The final token (query (B', H, 1, D); its own key, value (B', KVH, 1, D)) against a cached prefix
+    (``PrefixRows``: keys/values (B, KVH, T-1, D) of every layer, B' rows mapped to prompts).
+
+    When every row continues the same prompt and no k/v hook is live, the prefix keys/values are read
+    in place (one matmul per kv group, no copy of the prefix per row); otherwise they are gathered and
+    concatenated with the new token, and the ordinary path runs with the padding mask."""
+    hooks: HookPoints = module._iclscope_hooks
+    layer = module.layer_idx
+    kp, vp = prefix.cache.kv[layer]
+    mask = prefix.cache.attention_mask
+    Bp, H, Tq, D = query.shape
+    KVH, S = kp.shape[1], kp.shape[2]
+    p = f"blocks.{layer}.attn."
+    live = hooks.layer_active(layer)
+    if not prefix.same or (live and (p + "hook_k" in hooks.ops or p + "hook_v" in hooks.ops)) or Tq != 1 \
+            or kwargs.get("s_aux") is not None:
+        k, v = prefix.kv(layer)
+        key, value = torch.cat([k, key], 2), torch.cat([v, value], 2)
+        full = None
+        if mask is not None:  # (B', 1, 1, T) bool, True = attend: the prefix's padding, the new token itself
+            m = prefix.select(mask).bool()
+            full = torch.cat([m[:, :S], torch.ones(Bp, 1, dtype=torch.bool, device=m.device)], 1)[:, None, None]
+            full = full.to(query.device)
+        return _iclscope_attention(module, query, key, value, full, scaling=scaling, dropout=dropout,
+                                   _iclscope_no_prefix=True, **kwargs)
+    r = int(prefix.rows[0])
+    kp1, vp1 = kp[r], vp[r]  # (KVH, S, D), shared by every row
+    g = H // KVH
+    if key.shape[1] != H:  # the new token's key/value, one per query head (GQA groups expanded)
+        key, value = key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1)
+    q = hooks(p + "hook_q", query.transpose(1, 2)).transpose(1, 2) if live else query
+    scaling = D ** -0.5 if scaling is None else scaling
+    qg = q.reshape(Bp, KVH, g, D).permute(1, 0, 2, 3).reshape(KVH, Bp * g, D)
+    s_pre = torch.matmul(qg, kp1.transpose(-1, -2)).reshape(KVH, Bp, g, S).permute(1, 0, 2, 3).reshape(Bp, H, 1, S)
+    s_new = (q * key).sum(-1, keepdim=True)  # (B', H, 1, 1)
+    scores = torch.cat([s_pre, s_new], -1).float() * scaling
+    if kwargs.get("softcap") is not None:
+        scores = torch.tanh(scores / kwargs["softcap"]) * kwargs["softcap"]
+    if mask is not None:
+        allowed = torch.cat([mask[r, :S].bool().to(scores.device),
+                             torch.ones(1, dtype=torch.bool, device=scores.device)])
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    pattern = scores.softmax(-1).to(value.dtype)
+    if live:
+        pattern = hooks(p + "hook_pattern", pattern)
+    if dropout and module.training:
+        pattern = torch.nn.functional.dropout(pattern, p=dropout)
+    pg = pattern[..., :S].reshape(Bp, KVH, g, S).permute(1, 0, 2, 3).reshape(KVH, Bp * g, S)
+    z = torch.matmul(pg, vp1).reshape(KVH, Bp, g, D).permute(1, 0, 2, 3).reshape(Bp, H, 1, D)
+    z = (z + pattern[..., S:] * value).transpose(1, 2)  # (B', 1, H, D)
+    if live:
+        z = hooks(p + "hook_z", z)
     return z.contiguous(), pattern
 
 
@@ -165,13 +224,47 @@ class HFModel(Model):
             raise IclscopeError(f"model family {self.family!r} is not supported: its attention does not run "
                                 f"through transformers' AttentionInterface (saw {len(cache)} of {self.n_layers} layers)")
 
-    def _forward(self, tokens, attention_mask=None, **extra):
+    def _forward(self, tokens, attention_mask=None, prefix=None, kv_out=None, **extra):
         if extra:
             raise IclscopeError(f"{self.family} models take token ids and an attention_mask, not {sorted(extra)}")
+        if prefix is not None:
+            return self._forward_last(tokens, prefix)
         kwargs = {}
         if attention_mask is not None:  # left padding: positions count real tokens only
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        return self.module(input_ids=tokens, attention_mask=attention_mask, use_cache=False, **kwargs).logits
+        if kv_out is None:
+            return self.module(input_ids=tokens, attention_mask=attention_mask, use_cache=False, **kwargs).logits
+        # prefix_cache: keep transformers' own key/value cache, minus the final position
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        pkv = DynamicCache(config=self.module.config)
+        out = self.module(input_ids=tokens, attention_mask=attention_mask, use_cache=True, past_key_values=pkv,
+                          **kwargs)
+        pkv = out.past_key_values
+        if len(pkv.layers) != self.n_layers or any(type(layer) is not DynamicLayer for layer in pkv.layers):
+            raise IclscopeError(f"prefix caches need plain full attention in every layer; {self.family} uses "
+                                f"{sorted({type(layer).__name__ for layer in pkv.layers})}")
+        for i, layer in enumerate(pkv.layers):
+            kv_out[i] = (layer.keys[:, :, :-1], layer.values[:, :, :-1])  # (B, KVH, T-1, D)
+        return out.logits
+
+    def _forward_last(self, tokens, prefix):
+        """The final token (B', 1) against a PrefixRows view: the attention modules read the cached
+        keys/values (``_prefix_attention``); positions come from the prefix's attention mask."""
+        if tokens.shape[1] != 1:
+            raise IclscopeError("a prefix-cache run takes exactly one new token per row")
+        B, T = tokens.shape[0], prefix.cache.seq_len
+        pos = prefix.select(prefix.cache.position_ids)
+        if pos is None:
+            pos = torch.full((B, 1), T - 1, dtype=torch.long, device=tokens.device)
+        for attn in self.attns:
+            attn._iclscope_prefix = prefix
+        try:
+            return self.module(input_ids=tokens, position_ids=pos.to(tokens.device), use_cache=False).logits
+        finally:
+            for attn in self.attns:
+                attn._iclscope_prefix = None
 
     def out_proj(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         return self.projs[layer](z.reshape(*z.shape[:-2], self.n_heads * self.d_head))

@@ -123,8 +123,11 @@ class Block(nn.Module):
                                                  v="attn.hook_v", pattern="attn.hook_pattern", z="attn.hook_z",
                                                  attn_out="hook_attn_out", resid_post="hook_resid_post").items()}
 
-    def forward(self, x: torch.Tensor, rope, mask: torch.Tensor) -> torch.Tensor:
-        """x (R*B, T, d_model) -> (R*B, T, d_model); rope: (cos, sin) or None; mask (T, T) additive causal."""
+    def forward(self, x: torch.Tensor, rope, mask: torch.Tensor, past=None, kv_out=None) -> torch.Tensor:
+        """x (R*B, T, d_model) -> (R*B, T, d_model); rope: (cos, sin) or None; mask (T, P+T) additive causal.
+
+        past: (keys, values) (R*B, P, H, D) of P earlier positions (after rotary, before the k/v hooks);
+        kv_out: a dict that receives this layer's (keys, values) likewise."""
         h, n, H, D = self.hooks, self.names, self.H, self.D
         RB, T, d = x.shape
         R = self.qkv.weight.shape[0]
@@ -136,6 +139,10 @@ class Block(nn.Module):
             q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]
         else:
             q, k, v = qkv.unbind(2)  # each (R*B, T, H, D)
+        if kv_out is not None:
+            kv_out[self.layer] = (k, v)
+        if past is not None:
+            k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)
         live = h.layer_active(self.layer)
         if live or T < SDPA_MIN_LEN:
             if live:
@@ -149,7 +156,8 @@ class Block(nn.Module):
                 z = h(n["z"], z)
         else:  # fused kernel for long sequences when no per-head hook is live
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               is_causal=True).transpose(1, 2)
+                                               attn_mask=None if past is None else mask,
+                                               is_causal=past is None).transpose(1, 2)
         attn_out = self.out(z.reshape(R, -1, d)).view(RB, T, d)
         x = x + h(n["attn_out"], attn_out)
         if self.cfg.d_mlp:
@@ -210,11 +218,14 @@ class TinyTransformer(nn.Module):
         self.unembed.reset(r)
 
     def forward(self, tokens: torch.Tensor, vectors: torch.Tensor | None = None,
-                vector_mask: torch.Tensor | None = None) -> torch.Tensor:
+                vector_mask: torch.Tensor | None = None, past=None, kv_out=None) -> torch.Tensor:
+        """past: per-layer (keys, values) (R*B, P, H, D) of P earlier positions (tokens then sit at positions
+        P..P+T-1); kv_out: a dict that receives every layer's (keys, values)."""
         R, cfg = self.R, self.cfg
         RB, T = tokens.shape
-        if T > cfg.n_ctx:
-            raise IclscopeError(f"sequence of length {T} is longer than the model's n_ctx={cfg.n_ctx}")
+        P = 0 if past is None else past[0][0].shape[1]
+        if P + T > cfg.n_ctx:
+            raise IclscopeError(f"sequence of length {P + T} is longer than the model's n_ctx={cfg.n_ctx}")
         if RB % R:
             raise IclscopeError(f"a batch of {RB} rows does not split over an ensemble of {R} models")
         offset = (torch.arange(R, device=tokens.device) * cfg.vocab_size).repeat_interleave(RB // R)[:, None]
@@ -227,11 +238,11 @@ class TinyTransformer(nn.Module):
             xv = self.embed_input(vectors.reshape(R, -1, cfg.d_input)).view(RB, T, -1)
             x = torch.where(vector_mask[..., None], xv, x)
         if self.pos is not None:
-            x = (x.view(R, -1, T, cfg.d_model) + self.pos[:, None, :T]).view(RB, T, -1)
-        rope = (self.rope_cos[:T], self.rope_sin[:T]) if cfg.positions == "rotary" else None
-        mask = self.causal_mask[:T, :T]
-        for block in self.blocks:
-            x = block(x, rope, mask)
+            x = (x.view(R, -1, T, cfg.d_model) + self.pos[:, None, P:P + T]).view(RB, T, -1)
+        rope = (self.rope_cos[P:P + T], self.rope_sin[P:P + T]) if cfg.positions == "rotary" else None
+        mask = self.causal_mask[P:P + T, :P + T]
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, mask, None if past is None else past[i], kv_out)
         x = x.view(R, -1, cfg.d_model)
         if self.ln_f is not None:
             x = self.ln_f(x)
@@ -257,8 +268,22 @@ class TinyModel(Model):
         self.n_layers, self.n_heads, self.n_kv_heads = c.n_layers, c.n_heads, c.n_heads
         self.d_model, self.d_head, self.vocab_size = c.d_model, c.d_model // c.n_heads, c.vocab_size
 
-    def _forward(self, tokens, vectors=None, vector_mask=None, attention_mask=None):
-        return self.module(tokens, vectors, vector_mask)
+    def _forward(self, tokens, vectors=None, vector_mask=None, attention_mask=None, prefix=None, kv_out=None):
+        if prefix is None:
+            if kv_out is None:
+                return self.module(tokens, vectors, vector_mask)
+            kv: dict = {}  # prefix_cache: every layer's keys/values (R*B, T, H, D), minus the final position
+            logits = self.module(tokens, vectors, vector_mask, kv_out=kv)
+            kv_out.update({i: (k[:, :-1], v[:, :-1]) for i, (k, v) in kv.items()})
+            return logits
+        if self.n_models > 1:  # rows must keep every member's rows together, in member order
+            Bp, B = len(prefix), len(prefix.cache) // self.n_models
+            member = prefix.rows // B
+            if Bp % self.n_models or not bool((member == torch.arange(Bp) // (Bp // self.n_models)).all()):
+                raise IclscopeError("run_last_token on an ensemble: rows must list member 0's prompts, then "
+                                    "member 1's, ..., the same number for each member")
+        past = [prefix.kv(i) for i in range(self.cfg.n_layers)]
+        return self.module(tokens, vectors, vector_mask, past=past)
 
     def out_proj(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         """z (..., H, D) -> (..., d_model) through model 0's output projection (bias included)."""
