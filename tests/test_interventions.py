@@ -258,3 +258,12 @@ def test_replacement_values_pass_no_gradient_to_their_source(model, tokens):
     assert src.grad is None
     assert any(p.grad is not None for p in model.module.parameters())
     model.module.zero_grad()
+
+
+def test_recorded_slice_with_grad_gets_the_gradient(model, tokens):
+    logits, c = model.run(tokens, record=["z"], layers=[1], positions=[-1], grad=True)
+    z = c.site("z", 1)
+    z.retain_grad()
+    logits[:, -1].float().pow(2).sum().backward()
+    assert z.grad is not None and z.grad.abs().max() > 0
+    model.module.zero_grad()
