@@ -178,3 +178,38 @@ def test_phase_change_detector():
     assert 40_000 <= pc["steepest_sequences"] <= 50_000
     assert pc["plateau_loss"] == pytest.approx(0.7, abs=0.02)
     assert detect_phase_change(x, np.full(100, 0.7), threshold=0.3) is None
+
+
+TESTBED_TINY = ["train.sequences=1280", "train.batch_size=32", "eval.every=10", "eval.batch=64",
+                "eval.checkpoint_every=20", "model.n_layers=2", "model.d_mlp=64", "model.d_model=32",
+                "data.n_words=16", "data.k=4", "eval.induction_len=6", "train.threads=1"]
+
+
+def test_token_testbed_run_and_its_checkpoints(tmp_path):
+    from iclscope.data.mixture import CONDITIONS
+    from iclscope.experiments.atlas import default_tasks, token_layout
+
+    out = tmp_path / "tb"
+    [s] = train(load_config("testbed", TESTBED_TINY), out, progress=False, log=lambda *a: None)
+    df = pd.read_csv(out / "metrics.csv")
+    for c in CONDITIONS:
+        assert f"{c}_acc" in df.columns
+    assert "conflict_copy" in df.columns and "induction_L1H0" in df.columns
+    assert df.train_loss.iloc[-1] < df.train_loss.iloc[0]
+    m = iclscope.load(out / "checkpoints" / "step_0000040")
+    lay = token_layout(m)
+    assert lay == {"sep_id": 0, "bos_id": 1, "pad_id": 0, "word_offset": 2, "n_words": 16, "n_tasks": 8,
+                   "task_seed": 0, "k": 4}
+    # the atlas's built-in tasks are the very tasks the model was trained on
+    from iclscope.data.mixture import MixtureConfig, MixtureData
+    data = MixtureData(MixtureConfig(n_words=16, k=4))
+    tasks = default_tasks(m)
+    assert [t.pairs for t in tasks.values()] == [t.pairs for t in data.tasks]
+
+
+def test_label_induction_clamp_needs_fewshot_data():
+    with pytest.raises(IclscopeError, match="label_induction"):
+        cfg = load_config("testbed", TESTBED_TINY)
+        cfg["clamp"] = [{"kind": "ClampPattern", "heads": "layer:1", "pattern": "label_induction"}]
+        from iclscope.train import validate_config
+        validate_config(cfg)

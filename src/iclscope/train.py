@@ -37,7 +37,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .data.synthetic import SPLITS, FewShotConfig, FewShotData
+from .data.mixture import CONDITIONS as MIXTURE_CONDITIONS
+from .data.mixture import BOS, SEP, WORD_OFFSET, MixtureConfig, MixtureData
+from .data.synthetic import SPLITS, FewShotConfig, FewShotData, repeated_random_tokens
 from .errors import IclscopeError
 from .interventions import Ablate, ClampPattern, Graft, Patch, Preserve
 from .models.tiny import TinyConfig, TinyModel
@@ -51,7 +53,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "fewshot.toml"
 
 MODEL_KEYS = {f.name for f in fields(TinyConfig)} - {"vocab_size", "d_input", "n_ctx"}
-DATA_KEYS = {"kind"} | {f.name for f in fields(FewShotConfig)}
+DATA_KINDS = {"fewshot": FewShotConfig, "icl_mixture": MixtureConfig}
+DATA_KEYS = {kind: {"kind"} | {f.name for f in fields(c)} for kind, c in DATA_KINDS.items()}
 TRAIN_DEFAULTS = dict(optimizer="adam", lr=1e-5, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0, batch_size=32,
                       sequences=1_000_000, seeds=[5], threads=2)
 EVAL_DEFAULTS = dict(every=250, batch=512, clamps=True, induction_len=8, phase_threshold=0.4 * math.log(2),
@@ -67,10 +70,16 @@ CLAMP_KINDS = ("ClampPattern", "Ablate", "Preserve", "Graft")
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> dict:
     """The default config (the reference setup), updated by a TOML file and ``key=value`` overrides
-    (dotted keys: ``train.lr=3e-4``, ``data.n_labels=10``; values parsed as TOML). Validated."""
+    (dotted keys: ``train.lr=3e-4``, ``data.n_labels=10``; values parsed as TOML). Validated.
+    ``path`` may also name a shipped config: "fewshot" or "testbed". A config whose data.kind differs
+    from the default's starts from no defaults but the [train] and [eval] ones."""
     cfg = _read_toml(DEFAULT_CONFIG)
+    if path is not None and not Path(path).exists() and (CONFIG_DIR / f"{path}.toml").exists():
+        path = CONFIG_DIR / f"{path}.toml"
     if path is not None:
         user = _read_toml(Path(path))
+        if user.get("data", {}).get("kind", "fewshot") != cfg["data"]["kind"]:
+            cfg = {"train": {}, "eval": {}}
         if "clamp" in user:
             cfg["clamp"] = []
         _merge(cfg, user, str(path))
@@ -113,7 +122,10 @@ def _merge(base: dict, new: dict, where: str) -> None:
 def validate_config(cfg: dict) -> dict:
     """Check every key (an unknown one is an error naming it) and fill defaults."""
     cfg = copy.deepcopy(cfg)
-    allowed = {"name": None, "model": MODEL_KEYS, "data": DATA_KEYS, "train": set(TRAIN_DEFAULTS),
+    kind = (cfg.get("data") or {}).get("kind", "fewshot")
+    if kind not in DATA_KINDS:
+        raise IclscopeError(f"data.kind {kind!r} is not known; use one of {', '.join(DATA_KINDS)}")
+    allowed = {"name": None, "model": MODEL_KEYS, "data": DATA_KEYS[kind], "train": set(TRAIN_DEFAULTS),
                "eval": set(EVAL_DEFAULTS), "clamp": None}
     for k in cfg:
         if k not in allowed:
@@ -129,8 +141,6 @@ def validate_config(cfg: dict) -> dict:
     cfg["train"] = {**TRAIN_DEFAULTS, **cfg["train"]}
     cfg["eval"] = {**EVAL_DEFAULTS, **cfg["eval"]}
     cfg["data"].setdefault("kind", "fewshot")
-    if cfg["data"]["kind"] != "fewshot":
-        raise IclscopeError(f"data.kind {cfg['data']['kind']!r} is not known; use 'fewshot'")
     t = cfg["train"]
     if isinstance(t["seeds"], int):
         t["seeds"] = [t["seeds"]]
@@ -151,15 +161,33 @@ def validate_config(cfg: dict) -> dict:
         if c.get("kind") not in CLAMP_KINDS:
             raise IclscopeError(f"clamp {i}: kind must be one of {', '.join(CLAMP_KINDS)}, got {c.get('kind')!r}")
     cfg["clamp"] = clamps
-    FewShotConfig(**{k: v for k, v in cfg["data"].items() if k != "kind"})  # validates the data section
+    if kind != "fewshot" and any(c.get("pattern") == "label_induction" for c in clamps):
+        raise IclscopeError("pattern 'label_induction' needs few-shot classification data (data.kind = 'fewshot')")
+    data_config(cfg)  # validates the data section
     model_config(cfg)  # validates the model section
     return cfg
 
 
+def data_config(cfg: dict):
+    kind = cfg["data"].get("kind", "fewshot")
+    return DATA_KINDS[kind](**{k: v for k, v in cfg["data"].items() if k != "kind"})
+
+
 def model_config(cfg: dict) -> TinyConfig:
-    data = FewShotConfig(**{k: v for k, v in cfg["data"].items() if k != "kind"})
-    n_ctx = max(data.seq_len, 2 * int(cfg["eval"]["induction_len"]))
+    data = data_config(cfg)
+    n_ctx = max(data.seq_len, 2 * int(cfg["eval"]["induction_len"]) + 1)
+    if isinstance(data, MixtureConfig):
+        return TinyConfig(**cfg["model"], vocab_size=data.vocab_size, d_input=0, n_ctx=n_ctx)
     return TinyConfig(**cfg["model"], vocab_size=data.n_labels, d_input=data.dim, n_ctx=n_ctx)
+
+
+def token_layout(cfg: dict) -> dict | None:
+    """Special token ids of a token-data run, saved with its checkpoints (for the atlas)."""
+    data = data_config(cfg)
+    if not isinstance(data, MixtureConfig):
+        return None
+    return {"sep_id": SEP, "bos_id": BOS, "pad_id": SEP, "word_offset": WORD_OFFSET, "n_words": data.n_words,
+            "n_tasks": data.n_tasks, "task_seed": data.task_seed, "k": data.k}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -326,13 +354,12 @@ def repeated_vectors(data: FewShotData, n: int, length: int, g: torch.Generator)
 
 def _tile(batch, R: int):
     """One batch per ensemble member, concatenated along the batch axis."""
-    from .data.synthetic import FewShotBatch
-    return FewShotBatch(**{f.name: torch.cat([getattr(batch, f.name)] * R) for f in fields(FewShotBatch)})
+    return _cat([batch] * R)
 
 
 def _cat(batches):
-    from .data.synthetic import FewShotBatch
-    return FewShotBatch(**{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(FewShotBatch)})
+    cls = type(batches[0])
+    return cls(**{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(cls)})
 
 
 class Trainer:
@@ -347,7 +374,9 @@ class Trainer:
         torch.set_num_threads(int(t["threads"]))
         self.seeds = list(t["seeds"])
         self.R = len(self.seeds)
-        self.data = FewShotData(FewShotConfig(**{k: v for k, v in self.cfg["data"].items() if k != "kind"}))
+        dcfg = data_config(self.cfg)
+        self.tokens_only = isinstance(dcfg, MixtureConfig)
+        self.data = MixtureData(dcfg) if self.tokens_only else FewShotData(dcfg)
         self.model = TinyModel(model_config(self.cfg), seeds=self.seeds)
         self.model.module.train()
         opt_cls = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
@@ -380,20 +409,40 @@ class Trainer:
     def _make_eval_sets(self) -> None:
         g = torch.Generator().manual_seed(10_007)
         n = int(self.cfg["eval"]["batch"])
+        L = int(self.cfg["eval"]["induction_len"])
+        if self.tokens_only:
+            self.eval_sets = {c: _tile(self.data.condition(c, n, g), self.R) for c in MIXTURE_CONDITIONS}
+            self.train_eval = _tile(self.data.sample(n, g), self.R)  # the training mixture, for train_eval_loss
+            ids = repeated_random_tokens(min(n, 128), L, self.data.vocab_size, g, bos_id=BOS, min_token=WORD_OFFSET)
+            self.rep_inputs, self.rep_ids = {"tokens": torch.cat([ids] * self.R)}, torch.cat([ids] * self.R)
+            return
         self.eval_sets = {s: _tile(self.data.sample(n, s, g), self.R) for s in SPLITS}
-        inputs, ids = repeated_vectors(self.data, min(n, 128), int(self.cfg["eval"]["induction_len"]), g)
+        inputs, ids = repeated_vectors(self.data, min(n, 128), L, g)
         self.rep_inputs = {k: torch.cat([v] * self.R) for k, v in inputs.items()}
         self.rep_ids = torch.cat([ids] * self.R)
 
     # ------------------------------------------------------------------ steps
     def loss(self, batch) -> torch.Tensor:
-        """Each member's mean cross-entropy at the query: (R,). Their sum trains every member on its own."""
+        """Each member's mean cross-entropy: (R,). Their sum trains every member on its own.
+        Few-shot data: at the query. Token data: at the positions of ``batch.loss_mask``."""
+        if self.tokens_only:
+            return self._token_loss(batch)
         logits = self.model.run(batch, interventions=self.clamps.for_batch(batch))[0][:, -1]
         return F.cross_entropy(logits.float(), batch.target, reduction="none").view(self.R, -1).mean(1)
 
+    def _token_loss(self, batch) -> torch.Tensor:
+        """(R,) masked next-token cross-entropy of a TokenBatch."""
+        logits = self.model.run({"tokens": batch.tokens})[0]  # (R*B, T, V)
+        ce = F.cross_entropy(logits.float().transpose(1, 2), batch.masked_targets(), ignore_index=-1,
+                             reduction="none")  # (R*B, T)
+        mask = batch.loss_mask.float()
+        return (ce * mask).view(self.R, -1).sum(1) / mask.view(self.R, -1).sum(1).clamp(min=1)
+
+    def _sample_one(self, g):
+        return self.data.sample(self.B, g) if self.tokens_only else self.data.sample(self.B, "train", g)
+
     def sample(self):
-        return _cat([self.data.sample(self.B, "train", g) for g in self.gens]) if self.R > 1 \
-            else self.data.sample(self.B, "train", self.gens[0])
+        return _cat([self._sample_one(g) for g in self.gens]) if self.R > 1 else self._sample_one(self.gens[0])
 
     @torch.no_grad()
     def evaluate(self) -> list[dict]:
@@ -408,7 +457,23 @@ class Trainer:
             else _null()
         out = [dict() for _ in range(self.R)]
         with ctx:
-            for split, batch in self.eval_sets.items():
+            if self.tokens_only:
+                tl = self._token_loss(self.train_eval)
+                for r in range(self.R):
+                    out[r]["train_eval_loss"] = float(tl[r])
+            for cond, batch in (self.eval_sets.items() if self.tokens_only else ()):
+                q = self.model.run({"tokens": batch.tokens})[0][:, -1].float()
+                ans = batch.answer
+                loss = F.cross_entropy(q, ans, reduction="none").view(self.R, -1).mean(1)
+                pred = q.argmax(-1)
+                acc = (pred == ans).float().view(self.R, -1).mean(1)
+                copied = (pred == batch.alt_target).float().view(self.R, -1).mean(1)
+                for r in range(self.R):
+                    out[r][f"{cond}_loss"] = float(loss[r])
+                    out[r][f"{cond}_acc"] = float(acc[r])
+                    if cond == "conflict":
+                        out[r]["conflict_copy"] = float(copied[r])
+            for split, batch in (() if self.tokens_only else self.eval_sets.items()):
                 extra = self.clamps.for_batch(batch) if self.cfg["eval"]["clamps"] else []
                 logits, cache = self.model.run(batch, interventions=extra, record=["pattern"])
                 q = logits[:, -1].float()
@@ -549,7 +614,8 @@ class Trainer:
                 w.close()
         if self.step >= self.total_steps and not (self.out / "final" / "model.safetensors").exists():
             # the whole trained ensemble (member r = seed r), e.g. a frozen source for Graft clamps
-            self.model.save(self.out / "final", extra={"seeds": self.seeds, "step": self.step})
+            self.model.save(self.out / "final", extra={"seeds": self.seeds, "step": self.step,
+                                                       **({"token_layout": token_layout(self.cfg)} if self.tokens_only else {})})
         summaries = [self._summarize(r, rows[r], time.time() - t0, resumed) for r in range(self.R)]
         return summaries
 
@@ -573,7 +639,8 @@ class Trainer:
             m = self.model if self.R == 1 else self.model.member(r)
             m.save(self.member_dir(r) / "checkpoints" / f"step_{self.step:07d}",
                    extra={"step": self.step, "sequences": self.step * self.B, "seed": self.seeds[r],
-                          "train_config": self.cfg})
+                          "train_config": self.cfg, **({"token_layout": token_layout(self.cfg)}
+                                                       if self.tokens_only else {})})
 
     def _metrics_path(self, r: int) -> Path:
         return self.member_dir(r) / "metrics.csv"
@@ -605,7 +672,8 @@ class Trainer:
     def _summarize(self, r: int, rows: list[dict], seconds: float, resumed: int) -> dict:
         df = pd.DataFrame(rows)
         last = df.iloc[-1].to_dict()
-        phase = detect_phase_change(df.sequences, df.train_loss, df.step, self.cfg["eval"]["phase_threshold"])
+        thr = self.cfg["eval"]["phase_threshold"]
+        phase = detect_phase_change(df.sequences, df.train_loss, df.step, None if self.tokens_only else thr)
         strengths = {k: v for k, v in last.items() if k.startswith("ind_strength_")}
         summary = {"seed": self.seeds[r], "steps": int(last["step"]), "sequences": int(last["sequences"]),
                    "final": {k: v for k, v in last.items() if k.endswith(("_loss", "_acc"))},
