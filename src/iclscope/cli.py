@@ -61,6 +61,35 @@ def _cmd_data_sweep(args) -> int:
     return 0
 
 
+def _cmd_scores(args) -> int:
+    from .experiments.atlas import run_scores
+
+    run_scores(args.model, args.out, tasks_dir=args.tasks, revision=args.revision, dtype=args.dtype,
+               device=args.device, k=args.shots, n_clean=args.n_clean, n_corrupt=args.n_corrupt)
+    return 0
+
+
+def _cmd_atlas(args) -> int:
+    from .experiments.atlas import run_atlas
+
+    fractions = [float(f) / 100 for f in args.fractions.split(",")]
+    run_atlas(args.model, args.out, tasks_dir=args.tasks, revision=args.revision, dtype=args.dtype,
+              device=args.device, device_map=args.device_map, k=args.shots, n_clean=args.n_clean,
+              n_corrupt=args.n_corrupt, n_eval=args.n_eval, fractions=fractions, how=args.how,
+              positions=args.positions, random_seeds=args.random_seeds)
+    return 0
+
+
+def _cmd_tasks(args) -> int:
+    from .tasks import build_tasks
+
+    summary = build_tasks(args.out, names=args.names.split(",") if args.names else None)
+    for name, n in summary.items():
+        print(f"{name:28s} {n}")
+    print(f"task files in {args.out}/ (sources and licenses in SOURCES.md)")
+    return 0
+
+
 def _cmd_info(args) -> int:
     from . import load
 
@@ -118,6 +147,31 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--workers", type=int, default=2)
     ds.set_defaults(fn=_cmd_data_sweep)
 
+    sc = sub.add_parser("scores", help="induction, previous-token, duplicate-token and FV score of every head")
+    _model_args(sc)
+    _task_args(sc)
+    sc.add_argument("--out", required=True)
+    sc.set_defaults(fn=_cmd_scores)
+
+    at = sub.add_parser("atlas", help="scores, ablation study and function vectors of a model; HTML report")
+    _model_args(at)
+    _task_args(at)
+    at.add_argument("--out", required=True)
+    at.add_argument("--device-map", default=None, help="e.g. auto, for a model larger than one GPU")
+    at.add_argument("--n-eval", type=int, default=50, help="evaluation prompts per task")
+    at.add_argument("--fractions", default="0,1,3,5,7,9,15,20", help="percent of heads to ablate")
+    at.add_argument("--how", default="mean", choices=["mean", "zero"])
+    at.add_argument("--positions", default="final", choices=["final", "all"])
+    at.add_argument("--random-seeds", type=int, default=5)
+    at.set_defaults(fn=_cmd_atlas)
+
+    tk = sub.add_parser("tasks", help="ICL task files")
+    tsub = tk.add_subparsers(dest="tasks_command", metavar="SUBCOMMAND")
+    tb = tsub.add_parser("build", help="build Todd-format task files from open lexical data installed here")
+    tb.add_argument("--out", required=True)
+    tb.add_argument("--names", default=None, help="comma-separated subset of the tasks")
+    tb.set_defaults(fn=_cmd_tasks)
+
     i = sub.add_parser("info", help="load a model and print its shape and hook points")
     _model_args(i)
     i.set_defaults(fn=_cmd_info)
@@ -129,6 +183,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="hub revision, e.g. step1000 for a Pythia checkpoint")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
+
+
+def _task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", default=None, help="folder of Todd-format task files (default: built-in synthetic "
+                   "token tasks)")
+    p.add_argument("--shots", type=int, default=10, help="demonstrations per prompt")
+    p.add_argument("--n-clean", type=int, default=100, help="clean prompts per task for the FV task means")
+    p.add_argument("--n-corrupt", type=int, default=25, help="label-corrupted prompts per task for FV scores")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,425 @@
+"""The head atlas: score every head as an induction head and as a function-vector (FV) head, ablate the
+top heads of each kind, and build function vectors (Yin & Steinhardt 2025; Todd et al. 2024).
+
+Results folder (each stage's table is written as soon as it is done and reused on a rerun with the
+same config, so a killed run loses at most the stage it was in):
+
+    heads.csv            layer, head, induction, induction_segments, prev_token, duplicate, fv, fv_task_std
+    fv_per_task.csv      task, layer, head, score, sem
+    ablation.csv         ranking, fraction, k, seed, task, accuracy
+    function_vectors.csv task, layer, zero_shot_acc, with_fv_acc, few_shot_acc
+    *.png, report.html
+
+Task sets. Scoring tasks and evaluation tasks are kept disjoint: the FV scores come from the first half
+of the tasks (``score_tasks``), the ablation study evaluates on the other half; with fewer than 4 tasks
+every task is used for both, and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import Ablate, AddVector
+from ..data.synthetic import random_segment_repeats, repeated_random_tokens
+from ..errors import IclscopeError
+from ..evaluate import icl_accuracy
+from ..report import ResultsDir, write_report
+from ..report.figures import head_heatmap
+from ..scores.attention import duplicate_token_scores, induction_scores, prev_token_scores
+from ..scores.fv import fv_prompts, fv_scores
+from ..tasks.core import Task, TokenTask, build_prompts, build_token_prompts, load_tasks
+from ..tasks.synthetic import synthetic_token_tasks
+
+FRACTIONS = (0.0, 0.01, 0.03, 0.05, 0.07, 0.09, 0.15, 0.20)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tasks for a model
+# ----------------------------------------------------------------------------------------------------
+
+
+def token_layout(model) -> dict:
+    """Special ids for token tasks on ``model``: the testbed's (SEP 0, BOS 1, words from 2) when the model
+    was trained by iclscope on token tasks, else ids picked from the model's own vocabulary."""
+    meta = getattr(model, "meta", {}) or {}
+    if "token_layout" in meta:
+        return dict(meta["token_layout"])
+    V = model.vocab_size
+    n_words = min(64, max(8, (V - 4) // 2))
+    bos = model.bos_token_id
+    sep = 0 if bos != 0 else 1
+    offset = 2 if V > 2 + n_words else 0
+    return {"sep_id": sep, "bos_id": bos, "pad_id": sep, "word_offset": offset, "n_words": n_words}
+
+
+def default_tasks(model, tasks_dir: str | Path | None = None, n_tasks: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Word tasks from ``tasks_dir`` (Todd format) if given, else the built-in synthetic token tasks."""
+    if tasks_dir is not None:
+        tasks = load_tasks(tasks_dir)
+        if model.tokenizer is None and any(isinstance(t, Task) for t in tasks.values()):
+            raise IclscopeError(f"{tasks_dir} holds word tasks, but the model has no tokenizer; leave --tasks out "
+                                f"to use the built-in synthetic token tasks")
+        return tasks
+    lay = token_layout(model)
+    return {t.name: t for t in synthetic_token_tasks(lay.get("n_tasks", n_tasks), lay["n_words"],
+                                                     seed=lay.get("task_seed", seed), word_offset=lay["word_offset"])}
+
+
+def build_eval_prompts(model, task, k: int, n: int, seed: int):
+    if isinstance(task, TokenTask):
+        lay = token_layout(model)
+        return build_token_prompts(task, k=k, n=n, seed=seed, sep_id=lay["sep_id"], bos_id=lay["bos_id"],
+                                   pad_id=lay["pad_id"])
+    return build_prompts(task, model.tokenizer, k=k, n=n, seed=seed)
+
+
+def _fv_kwargs(model, tasks) -> dict:
+    if any(isinstance(t, TokenTask) for t in tasks.values()):
+        lay = token_layout(model)
+        return {"sep_id": lay["sep_id"], "bos_id": lay["bos_id"], "pad_id": lay["pad_id"]}
+    return {}
+
+
+def split_tasks(tasks: dict) -> tuple[dict, dict, bool]:
+    """(scoring tasks, evaluation tasks, disjoint?)."""
+    names = sorted(tasks)
+    if len(names) < 4:
+        return tasks, tasks, False
+    half = len(names) // 2
+    return {n: tasks[n] for n in names[:half]}, {n: tasks[n] for n in names[half:]}, True
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scores
+# ----------------------------------------------------------------------------------------------------
+
+
+def attention_table(model, n: int = 200, half: int = 50, seed: int = 0, batch_size: int = 16) -> pd.DataFrame:
+    """Induction, previous-token and duplicate-token scores of every head on [BOS, r1..rL, r1..rL] built
+    from token ids (never decoded and re-tokenised), plus induction on sequences whose repeated segment
+    has random length and position (a purely positional head scores high only on the former)."""
+    g = torch.Generator().manual_seed(seed)
+    bos = model.bos_token_id
+    lay = token_layout(model) if model.tokenizer is None else None
+    lo = lay["word_offset"] if lay else 0
+    V = model.vocab_size
+    half = min(half, (V - lo - 1) // 1)
+    if model.family == "tiny":
+        half = min(half, (model.cfg.n_ctx - 1) // 2)
+    sums = {k: torch.zeros(model.n_layers, model.n_heads) for k in ("induction", "prev_token", "duplicate",
+                                                                     "induction_segments")}
+    done = 0
+    while done < n:
+        b = min(batch_size, n - done)
+        toks = repeated_random_tokens(b, half, V, g, bos_id=bos, min_token=lo).to(model.device)
+        first = 2 if bos is not None else 1
+        sums["induction"] += induction_scores(model, toks) * b
+        sums["prev_token"] += prev_token_scores(model, toks, first=first) * b
+        sums["duplicate"] += duplicate_token_scores(model, toks) * b
+        seg = random_segment_repeats(b, toks.shape[1], V, g, bos_id=bos, min_token=lo).to(model.device)
+        sums["induction_segments"] += induction_scores(model, seg).nan_to_num(0.0) * b
+        done += b
+    rows = []
+    for layer in range(model.n_layers):
+        for h in range(model.n_heads):
+            rows.append({"layer": layer, "head": h, **{k: float(v[layer, h] / n) for k, v in sums.items()}})
+    return pd.DataFrame(rows)
+
+
+def score_heads(model, tasks: dict, res: ResultsDir, k: int = 10, n_clean: int = 100, n_corrupt: int = 25,
+                seed: int = 0, log=print) -> tuple[pd.DataFrame, Any]:
+    """heads.csv (attention scores + FV scores over ``tasks``) and fv_per_task.csv, reused if present."""
+    if res.has("heads.csv") and res.has("fv_per_task.csv"):
+        log("  reusing heads.csv")
+        return res.read_table("heads.csv"), None
+    t0 = time.time()
+    table = attention_table(model, seed=seed)
+    log(f"  induction / previous-token / duplicate scores: {time.time() - t0:.1f} s")
+    per_task = []
+    for name, task in tasks.items():  # one task at a time: finished tasks stay written
+        f = f"fv_task_{_safe(name)}.csv"
+        if res.has(f):
+            per_task.append(res.read_table(f))
+            continue
+        t1 = time.time()
+        pairs = fv_prompts(model, [task], k=k, n_clean=n_clean, n_corrupt=n_corrupt, seed=seed,
+                           **_fv_kwargs(model, {name: task}))
+        r = fv_scores(model, pairs, progress=False)
+        df = r.to_frame()
+        df = df[df.task != "mean"]
+        res.write_table(f, df)
+        per_task.append(df)
+        log(f"  FV scores, task {name}: {time.time() - t1:.1f} s, best head "
+            f"{tuple(int(v) for v in df.loc[df.score.idxmax(), ['layer', 'head']])} ({df.score.max():.4f})")
+    long = pd.concat(per_task, ignore_index=True)
+    res.write_table("fv_per_task.csv", long)
+    wide = long.pivot_table(index=["layer", "head"], columns="task", values="score")
+    table["fv"] = wide.mean(axis=1).to_numpy()
+    table["fv_task_std"] = wide.std(axis=1, ddof=1).fillna(0).to_numpy()
+    res.write_table("heads.csv", table)
+    return table, long
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def _grid(table: pd.DataFrame, col: str, model) -> torch.Tensor:
+    g = torch.full((model.n_layers, model.n_heads), float("nan"))
+    g[torch.tensor(table.layer.to_numpy()), torch.tensor(table["head"].to_numpy())] = torch.tensor(table[col].to_numpy(copy=True), dtype=torch.float32)
+    return g
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ablation study
+# ----------------------------------------------------------------------------------------------------
+
+
+def ranked_heads(scores: torch.Tensor, exclude: list | None = None) -> list[tuple[int, int]]:
+    """Heads by descending score (NaN last), without ``exclude``."""
+    H = scores.shape[1]
+    order = scores.flatten().nan_to_num(float("-inf")).argsort(descending=True, stable=True).tolist()
+    ex = set(map(tuple, exclude or []))
+    return [(i // H, i % H) for i in order if (i // H, i % H) not in ex]
+
+
+def ablation_study(model, eval_prompts: dict, table: pd.DataFrame, fractions=FRACTIONS, how: str = "mean",
+                   positions: str = "final", exclusion: float = 0.02, random_seeds: int = 5, log=print) -> pd.DataFrame:
+    """Few-shot accuracy with the top-k heads ablated, for k a fraction of all heads.
+
+    Rankings: induction, fv, induction with exclusion (the top ``exclusion`` fraction by FV score dropped
+    from the candidates first), fv with exclusion (likewise by induction score), and random heads over
+    ``random_seeds`` seeds. Mean ablation uses the task-agnostic mean of each head's output at the final
+    position over every evaluation prompt (as in the study); ``how="zero"`` zero-ablates;
+    ``positions="all"`` ablates every position (with the mean over positions)."""
+    n_total = model.n_layers * model.n_heads
+    ind, fv = _grid(table, "induction", model), _grid(table, "fv", model)
+    n_ex = max(1, round(exclusion * n_total))
+    rankings = {"induction": ranked_heads(ind), "fv": ranked_heads(fv),
+                "induction (excl. top FV)": ranked_heads(ind, ranked_heads(fv)[:n_ex]),
+                "fv (excl. top induction)": ranked_heads(fv, ranked_heads(ind)[:n_ex])}
+    all_heads = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
+    for s in range(random_seeds):
+        rankings[f"random#{s}"] = random.Random(s).sample(all_heads, len(all_heads))
+    pos = [-1] if positions == "final" else None
+    mean = None
+    if how == "mean":
+        from ..models.base import head_means
+        with torch.no_grad():
+            sums, count = None, 0
+            for batch in eval_prompts.values():
+                inputs = {"input_ids": batch.input_ids.to(model.device), "attention_mask": batch.attention_mask.to(model.device)}
+                m = head_means(model, [inputs], positions=pos)
+                sums = m * len(batch) if sums is None else sums + m * len(batch)
+                count += len(batch)
+            mean = sums / count
+    rows = []
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(rankings) * len(fractions), desc="ablation study", unit="setting", leave=False)
+    base_acc = {}
+    for name, order in rankings.items():
+        for frac in fractions:
+            k = int(round(frac * n_total))
+            if k == 0 and name in base_acc:
+                accs = base_acc[name]
+            else:
+                ivs = [Ablate(order[:k], how=how, mean=mean, positions=pos)] if k else []
+                accs = {t: icl_accuracy(model, b, interventions=ivs)["accuracy"] for t, b in eval_prompts.items()}
+                if k == 0:
+                    base_acc[name] = accs
+            ranking, seed = (name.split("#")[0], int(name.split("#")[1])) if "#" in name else (name, -1)
+            for t, a in accs.items():
+                rows.append({"ranking": ranking, "fraction": frac, "k": k, "seed": seed, "task": t, "accuracy": a})
+            bar.update(1)
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Function vectors
+# ----------------------------------------------------------------------------------------------------
+
+
+def function_vector(model, means: torch.Tensor, heads: list) -> torch.Tensor:
+    """Sum over ``heads`` of each head's mean output written into the residual stream:
+    out_proj(layer, z with only head h = means[l, h]) - out_proj(layer, 0). means: (L, H, D). -> (d_model,)."""
+    fv = torch.zeros(model.d_model)
+    with torch.no_grad():
+        for layer, h in heads:
+            z = torch.zeros(model.n_heads, model.d_head, dtype=model.dtype, device=model.device)
+            zero = model.out_proj(layer, z)
+            z[h] = means[layer, h].to(model.device, model.dtype)
+            fv += (model.out_proj(layer, z) - zero).float().cpu()
+    return fv
+
+
+def function_vectors(model, tasks: dict, table: pd.DataFrame, top: int = 10, layer: int | None = None,
+                     n: int = 50, k: int = 10, seed: int = 1) -> pd.DataFrame:
+    """For each task: FV from the top FV heads (task means over clean k-shot prompts), added at ``layer``
+    (default: a third of the way up) at the final position of zero-shot prompts; accuracy without / with
+    it, and few-shot accuracy for reference."""
+    layer = max(0, model.n_layers // 3) if layer is None else layer
+    heads = ranked_heads(_grid(table, "fv", model))[:top]
+    rows = []
+    for name, task in tasks.items():
+        few = build_eval_prompts(model, task, k, n, seed)
+        zero = build_eval_prompts(model, task, 0, n, seed)
+        with torch.no_grad():
+            from ..models.base import head_means
+            means = head_means(model, [{"input_ids": few.input_ids.to(model.device),
+                                        "attention_mask": few.attention_mask.to(model.device)}], positions=[-1])
+        vec = function_vector(model, means, heads).to(model.device, model.dtype)
+        rows.append({"task": name, "layer": layer, "heads": len(heads),
+                     "zero_shot_acc": icl_accuracy(model, zero)["accuracy"],
+                     "with_fv_acc": icl_accuracy(model, zero, interventions=[AddVector(layer, vec, positions=[-1])])["accuracy"],
+                     "few_shot_acc": icl_accuracy(model, few)["accuracy"]})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------------
+
+
+def ablation_figure(df: pd.DataFrame, path: Path, title: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    mean = df.groupby(["ranking", "fraction", "seed"]).accuracy.mean().reset_index()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, grp in mean.groupby("ranking"):
+        g = grp.groupby("fraction").accuracy
+        m = g.mean()
+        x = m.index.to_numpy() * 100
+        if name == "random":
+            s, cnt = g.std(ddof=1), g.count()
+            half = 1.96 * s / np.sqrt(cnt.clip(lower=1))
+            ax.plot(x, m, color="grey", ls="--", label=f"random heads ({int(cnt.max())} seeds, 95 % CI)")
+            ax.fill_between(x, m - half, m + half, color="grey", alpha=0.2)
+        else:
+            ax.plot(x, m, marker="o", label=name)
+    ax.set_xlabel("heads ablated (% of all heads)")
+    ax.set_ylabel("few-shot accuracy (mean over tasks)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def scatter_and_layers(table: pd.DataFrame, path: Path, n_layers: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    sc = a.scatter(table.induction, table.fv, c=table.layer / max(n_layers - 1, 1), cmap="viridis", s=18)
+    a.set_xlabel("induction score")
+    a.set_ylabel("FV score")
+    a.set_title("every head (colour: relative depth)", fontsize=10)
+    fig.colorbar(sc, ax=a, label="relative depth")
+    depth = table.groupby("layer")[["induction", "fv"]].mean()
+    rel = depth.index.to_numpy() / max(n_layers - 1, 1)
+    for col in ("induction", "fv"):
+        v = depth[col].to_numpy()
+        b.plot(rel, v / (np.nanmax(np.abs(v)) or 1), marker="o", label=f"{col} (layer mean, scaled to max 1)")
+    b.set_xlabel("relative depth")
+    b.set_title("where each kind sits", fontsize=10)
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------------
+
+
+def _load(spec, revision=None, dtype=None, device=None, device_map=None):
+    from .. import load
+    return load(spec, revision=revision, dtype=dtype, device=device, device_map=device_map)
+
+
+def run_scores(model_spec: str, out: str | Path, tasks_dir=None, revision=None, dtype=None, device=None,
+               k: int = 10, n_clean: int = 100, n_corrupt: int = 25, seed: int = 0, log=print, model=None) -> pd.DataFrame:
+    """``iclscope scores``: heads.csv and a heat map per score."""
+    model = model or _load(model_spec, revision, dtype, device)
+    tasks = default_tasks(model, tasks_dir)
+    res = ResultsDir(out, {"command": "scores", "model": str(model_spec), "revision": revision, "tasks": str(tasks_dir),
+                           "task_names": sorted(tasks), "k": k, "n_clean": n_clean, "n_corrupt": n_corrupt, "seed": seed})
+    table, _ = score_heads(model, tasks, res, k, n_clean, n_corrupt, seed, log)
+    for col in ("induction", "prev_token", "duplicate", "fv"):
+        head_heatmap(table, col, res.file(f"{col}.png"), title=f"{model_spec}: {col} score")
+    log(f"results in {res.path}/ (heads.csv, heat maps)")
+    return table
+
+
+def run_atlas(model_spec: str, out: str | Path, tasks_dir=None, revision=None, dtype=None, device=None,
+              device_map=None, k: int = 10, n_clean: int = 100, n_corrupt: int = 25, n_eval: int = 50,
+              fractions=FRACTIONS, how: str = "mean", positions: str = "final", random_seeds: int = 5,
+              seed: int = 0, log=print, model=None) -> dict:
+    """``iclscope atlas``: scores, the ablation study, function vectors, figures and one HTML report."""
+    t0 = time.time()
+    model = model or _load(model_spec, revision, dtype, device, device_map)
+    tasks = default_tasks(model, tasks_dir)
+    score_t, eval_t, disjoint = split_tasks(tasks)
+    cfg = {"command": "atlas", "model": str(model_spec), "revision": revision, "tasks": str(tasks_dir),
+           "task_names": sorted(tasks), "k": k, "n_clean": n_clean, "n_corrupt": n_corrupt, "n_eval": n_eval,
+           "fractions": list(fractions), "how": how, "positions": positions, "random_seeds": random_seeds, "seed": seed}
+    res = ResultsDir(out, cfg)
+    log(f"atlas of {model_spec} ({model.n_layers} layers x {model.n_heads} heads); scoring tasks: "
+        f"{', '.join(score_t)}; evaluation tasks: {', '.join(eval_t)}" + ("" if disjoint else " (the same: < 4 tasks)"))
+    table, _ = score_heads(model, score_t, res, k, n_clean, n_corrupt, seed, log)
+    figs = {c: head_heatmap(table, c, res.file(f"{c}.png"), title=f"{c} score") for c in ("induction", "fv", "prev_token")}
+    figs["scatter"] = scatter_and_layers(table, res.file("induction_vs_fv.png"), model.n_layers)
+    n_top = max(1, round(0.02 * len(table)))
+    top_ind = set(ranked_heads(_grid(table, "induction", model))[:max(n_top, 3)])
+    top_fv = set(ranked_heads(_grid(table, "fv", model))[:max(n_top, 3)])
+    overlap = {"top_k": max(n_top, 3), "induction": sorted(top_ind), "fv": sorted(top_fv),
+               "overlap": sorted(top_ind & top_fv),
+               "spearman_induction_fv": float(pd.Series(table.induction).rank().corr(pd.Series(table.fv).rank()))}
+    if res.has("ablation.csv"):
+        abl = res.read_table("ablation.csv")
+        log("  reusing ablation.csv")
+    else:
+        eval_prompts = {n: build_eval_prompts(model, t, k, n_eval, seed + 1) for n, t in eval_t.items()}
+        abl = ablation_study(model, eval_prompts, table, fractions, how, positions, random_seeds=random_seeds, log=log)
+        res.write_table("ablation.csv", abl)
+    figs["ablation"] = ablation_figure(abl, res.file("ablation.png"),
+                                       f"{model_spec}: {how}-ablating the top heads ({positions} position)")
+    if res.has("function_vectors.csv"):
+        fvt = res.read_table("function_vectors.csv")
+    else:
+        fvt = function_vectors(model, eval_t, table, k=k, n=n_eval)
+        res.write_table("function_vectors.csv", fvt)
+    curve = abl.groupby(["ranking", "fraction"]).accuracy.mean().unstack(0)
+    summary = {"model": str(model_spec), "heads": len(table), "top_heads": overlap,
+               "max_induction": float(table.induction.max()), "max_fv": float(table.fv.max()),
+               "accuracy_by_fraction": {r: {str(f): float(v) for f, v in curve[r].items()} for r in curve},
+               "function_vectors": fvt.to_dict("records"), "disjoint_tasks": disjoint,
+               "seconds": round(time.time() - t0, 1)}
+    res.file("summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_report(res.file("report.html"), f"Head atlas: {model_spec}", [
+        {"heading": "What ran", "text": __doc__},
+        {"heading": "Scores", "text": "Induction: attention to the token after the previous occurrence of the current "
+         "token on repeated random tokens. FV: the causal indirect effect of a head's task-mean output on "
+         "label-corrupted prompts (Todd et al.).", "figure": figs["induction"]},
+        {"figure": figs["fv"]}, {"figure": figs["scatter"]},
+        {"heading": "Top heads and their overlap", "text": json.dumps(overlap, default=str)},
+        {"heading": "Ablation study", "figure": figs["ablation"], "table": curve.reset_index()},
+        {"heading": "Function vectors (added to zero-shot prompts)", "table": fvt},
+        {"heading": "All heads", "table": table},
+    ])
+    log(curve.round(3).to_string())
+    log(f"top induction heads {sorted(top_ind)}; top FV heads {sorted(top_fv)}; overlap {sorted(top_ind & top_fv)}")
+    log(f"results in {res.path}/ (report.html) in {summary['seconds']} s")
+    return summary
