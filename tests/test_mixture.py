@@ -375,3 +375,25 @@ def test_sampling_is_fast(data):
         data.sample(64, gen)
     per_batch = (time.perf_counter() - start) / n
     assert per_batch < 0.02, f"sample(64) took {per_batch * 1e3:.2f} ms"
+
+
+def test_loss_on_labels_scores_every_stored_label_and_only_repeated_fresh_ones():
+    from iclscope.data.mixture import MixtureConfig, MixtureData
+
+    data = MixtureData(MixtureConfig(loss_on="labels", p_stored=0.5, p_fresh=0.5, p_segments=0.0))
+    b = data.sample(256, torch.Generator().manual_seed(3))
+    k = data.config.k
+    xpos = torch.arange(k) * 3 + 1
+    for i in range(256):
+        scored = b.loss_mask[i, xpos]
+        assert bool(b.loss_mask[i, -1])  # the query stays scored
+        # every scored position's target is the label that follows
+        assert torch.equal(b.targets[i, xpos], b.tokens[i, xpos + 1])
+        if b.kind[i] == 0:
+            assert bool(scored.all())
+        else:
+            xs = b.tokens[i, xpos].tolist()
+            want = [x in xs[:j] for j, x in enumerate(xs)]
+            assert scored.tolist() == want
+    with pytest.raises(Exception, match="loss_on"):
+        MixtureConfig(loss_on="everything")

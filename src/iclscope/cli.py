@@ -188,7 +188,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None, help="folder of Todd-format task files (default: built-in synthetic "
                    "token tasks)")
-    p.add_argument("--shots", type=int, default=10, help="demonstrations per prompt")
+    p.add_argument("--shots", type=int, default=None, help="demonstrations per prompt (default 10, or the k an "
+                   "iclscope token model was trained with)")
     p.add_argument("--n-clean", type=int, default=100, help="clean prompts per task for the FV task means")
     p.add_argument("--n-corrupt", type=int, default=25, help="label-corrupted prompts per task for FV scores")
 

@@ -111,9 +111,12 @@ class MixtureConfig:
     p_fresh_demo_repeat: float = 0.0
     segment_min: int = 4
     segment_max: Optional[int] = None
+    loss_on: str = "query"
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.loss_on not in ("query", "labels"):
+            raise IclscopeError(f"loss_on must be 'query' or 'labels', got {self.loss_on!r}")
         for name in ("n_words", "n_tasks", "k", "segment_min"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -299,6 +302,8 @@ class MixtureData:
         p_demo = torch.where(fresh, cfg.p_fresh_demo_repeat, cfg.p_demo_repeat)
         q_repeat = fresh | (torch.rand(B, generator=g) < cfg.p_query_repeat)
         prompts = self._prompts(B, g, fresh, p_demo, q_repeat)
+        if cfg.loss_on == "labels":
+            prompts.loss_mask = prompts.loss_mask | self._label_mask(prompts.tokens, fresh)
         if cfg.p_segments <= 0:
             return prompts
         seg = self._segments(B, g)
@@ -314,6 +319,20 @@ class MixtureData:
             copy_pos=torch.where(is_seg, -1, prompts.copy_pos),
             segments=torch.where(col, seg.segments, prompts.segments),
         )
+
+    def _label_mask(self, tokens: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: the demo-input positions whose next token (the label) is scored with
+        loss_on = "labels": every demo of a stored-task prompt (the task is inferable from the earlier
+        demos), and in fresh-mapping prompts only demos whose input occurred before (copyable)."""
+        B, T = tokens.shape
+        xpos = torch.arange(self.config.k) * 3 + 1  # demo inputs; their labels follow
+        xs = tokens[:, xpos]  # (B, k)
+        earlier = (xs[:, :, None] == xs[:, None, :]) & torch.ones(len(xpos), len(xpos), dtype=torch.bool).tril(-1)
+        repeated = earlier.any(-1)  # (B, k)
+        scored = torch.where(fresh[:, None], repeated, torch.ones_like(repeated))
+        mask = torch.zeros(B, T, dtype=torch.bool)
+        mask[:, xpos] = scored
+        return mask
 
     def condition(self, name: str, batch_size: int, generator: Optional[torch.Generator] = None,
                   task: Optional[int] = None) -> TokenBatch:

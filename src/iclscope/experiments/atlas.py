@@ -82,6 +82,20 @@ def build_eval_prompts(model, task, k: int, n: int, seed: int):
     return build_prompts(task, model.tokenizer, k=k, n=n, seed=seed)
 
 
+def copy_prompts(model, n: int, seed: int) -> dict:
+    """For a model trained by iclscope on the token mixture: prompts of a fresh random mapping whose query
+    repeats a demonstration ("copy:fresh_repeat"), answerable only by copying (the induction route),
+    beside the task prompts with novel queries (the FV route). Other models: none."""
+    lay = (getattr(model, "meta", {}) or {}).get("token_layout")
+    if not lay or "k" not in lay:
+        return {}
+    from ..data.mixture import MixtureConfig, MixtureData
+    data = MixtureData(MixtureConfig(n_words=lay["n_words"], n_tasks=lay["n_tasks"], task_seed=lay["task_seed"],
+                                     k=lay["k"]))
+    batch = data.condition("fresh_repeat", n, torch.Generator().manual_seed(seed))
+    return {"copy:fresh_repeat": batch.to_prompt_batch("copy:fresh_repeat")}
+
+
 def _fv_kwargs(model, tasks) -> dict:
     if any(isinstance(t, TokenTask) for t in tasks.values()):
         lay = token_layout(model)
@@ -167,6 +181,12 @@ def score_heads(model, tasks: dict, res: ResultsDir, k: int = 10, n_clean: int =
     table["fv_task_std"] = wide.std(axis=1, ddof=1).fillna(0).to_numpy()
     res.write_table("heads.csv", table)
     return table, long
+
+
+def _short(spec) -> str:
+    """A model spec short enough for a figure title: the last two path parts of a directory."""
+    p = Path(str(spec))
+    return "/".join(p.parts[-2:]) if p.exists() else str(spec)
 
 
 def _safe(name: str) -> str:
@@ -262,26 +282,30 @@ def function_vector(model, means: torch.Tensor, heads: list) -> torch.Tensor:
     return fv
 
 
-def function_vectors(model, tasks: dict, table: pd.DataFrame, top: int = 10, layer: int | None = None,
+def function_vectors(model, tasks: dict, table: pd.DataFrame, top: int | None = None, layers=None,
                      n: int = 50, k: int = 10, seed: int = 1) -> pd.DataFrame:
-    """For each task: FV from the top FV heads (task means over clean k-shot prompts), added at ``layer``
-    (default: a third of the way up) at the final position of zero-shot prompts; accuracy without / with
-    it, and few-shot accuracy for reference."""
-    layer = max(0, model.n_layers // 3) if layer is None else layer
+    """For each task and each layer in ``layers`` (default: every layer): an FV from the ``top`` FV heads
+    (default 10 % of all heads, at least 3, at most 10, as Todd et al.'s 10 heads) built from the task's
+    means over clean k-shot prompts, added at that layer at the final position of zero-shot prompts.
+    Rows: task, layer, heads, zero_shot_acc, with_fv_acc, few_shot_acc."""
+    n_total = model.n_layers * model.n_heads
+    top = top or min(10, max(3, round(0.1 * n_total)))
+    layers = range(model.n_layers) if layers is None else layers
     heads = ranked_heads(_grid(table, "fv", model))[:top]
     rows = []
+    from ..models.base import head_means
     for name, task in tasks.items():
         few = build_eval_prompts(model, task, k, n, seed)
         zero = build_eval_prompts(model, task, 0, n, seed)
         with torch.no_grad():
-            from ..models.base import head_means
             means = head_means(model, [{"input_ids": few.input_ids.to(model.device),
                                         "attention_mask": few.attention_mask.to(model.device)}], positions=[-1])
         vec = function_vector(model, means, heads).to(model.device, model.dtype)
-        rows.append({"task": name, "layer": layer, "heads": len(heads),
-                     "zero_shot_acc": icl_accuracy(model, zero)["accuracy"],
-                     "with_fv_acc": icl_accuracy(model, zero, interventions=[AddVector(layer, vec, positions=[-1])])["accuracy"],
-                     "few_shot_acc": icl_accuracy(model, few)["accuracy"]})
+        zero_acc, few_acc = icl_accuracy(model, zero)["accuracy"], icl_accuracy(model, few)["accuracy"]
+        for layer in layers:
+            rows.append({"task": name, "layer": layer, "heads": len(heads), "zero_shot_acc": zero_acc,
+                         "with_fv_acc": icl_accuracy(model, zero, interventions=[AddVector(layer, vec, positions=[-1])])["accuracy"],
+                         "few_shot_acc": few_acc})
     return pd.DataFrame(rows)
 
 
@@ -290,11 +314,34 @@ def function_vectors(model, tasks: dict, table: pd.DataFrame, top: int = 10, lay
 # ----------------------------------------------------------------------------------------------------
 
 
+def fv_summary(fvt: pd.DataFrame) -> dict:
+    """The best layer for adding the FV and the accuracy change there (means over tasks)."""
+    by = fvt.groupby("layer")[["zero_shot_acc", "with_fv_acc", "few_shot_acc"]].mean()
+    best = int(by.with_fv_acc.idxmax())
+    return {"best_layer": best, "heads": int(fvt.heads.iloc[0]), "zero_shot_acc": float(by.zero_shot_acc[best]),
+            "with_fv_acc": float(by.with_fv_acc[best]), "few_shot_acc": float(by.few_shot_acc[best])}
+
+
 def ablation_figure(df: pd.DataFrame, path: Path, title: str) -> Path:
+    """Accuracy against fraction ablated, one line per ranking; one panel for the task prompts and, when
+    present, one for the copying prompts ("copy:" tasks)."""
     import matplotlib.pyplot as plt
 
+    groups = [("task prompts (novel queries)" if df.task.str.startswith("copy:").any() else "task prompts",
+               df[~df.task.str.startswith("copy:")])]
+    if df.task.str.startswith("copy:").any():
+        groups.append(("fresh mapping, repeated query (copying)", df[df.task.str.startswith("copy:")]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), squeeze=False)
+    for ax, (label, part) in zip(axes[0], groups):
+        _ablation_panel(ax, part, f"{title}\n{label}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _ablation_panel(ax, df: pd.DataFrame, title: str) -> None:
     mean = df.groupby(["ranking", "fraction", "seed"]).accuracy.mean().reset_index()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, grp in mean.groupby("ranking"):
         g = grp.groupby("fraction").accuracy
         m = g.mean()
@@ -305,15 +352,15 @@ def ablation_figure(df: pd.DataFrame, path: Path, title: str) -> Path:
             ax.plot(x, m, color="grey", ls="--", label=f"random heads ({int(cnt.max())} seeds, 95 % CI)")
             ax.fill_between(x, m - half, m + half, color="grey", alpha=0.2)
         else:
-            ax.plot(x, m, marker="o", label=name)
+            color = "tab:orange" if name.startswith("fv") else "tab:blue"
+            excl = "excl." in name
+            ax.plot(x, m, color=color, ls="--" if excl else "-", marker="s" if excl else "o",
+                    ms=4 if excl else 6, lw=1.2 if excl else 2, label=name)
     ax.set_xlabel("heads ablated (% of all heads)")
     ax.set_ylabel("few-shot accuracy (mean over tasks)")
     ax.set_title(title, fontsize=10)
+    ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def scatter_and_layers(table: pd.DataFrame, path: Path, n_layers: int) -> Path:
@@ -349,10 +396,20 @@ def _load(spec, revision=None, dtype=None, device=None, device_map=None):
     return load(spec, revision=revision, dtype=dtype, device=device, device_map=device_map)
 
 
+def default_shots(model, k: int | None) -> int:
+    """10 (the study's), or the k an iclscope token model was trained with."""
+    if k is not None:
+        return k
+    lay = (getattr(model, "meta", {}) or {}).get("token_layout") or {}
+    return int(lay.get("k", 10))
+
+
 def run_scores(model_spec: str, out: str | Path, tasks_dir=None, revision=None, dtype=None, device=None,
-               k: int = 10, n_clean: int = 100, n_corrupt: int = 25, seed: int = 0, log=print, model=None) -> pd.DataFrame:
+               k: int | None = None, n_clean: int = 100, n_corrupt: int = 25, seed: int = 0, log=print,
+               model=None) -> pd.DataFrame:
     """``iclscope scores``: heads.csv and a heat map per score."""
     model = model or _load(model_spec, revision, dtype, device)
+    k = default_shots(model, k)
     tasks = default_tasks(model, tasks_dir)
     res = ResultsDir(out, {"command": "scores", "model": str(model_spec), "revision": revision, "tasks": str(tasks_dir),
                            "task_names": sorted(tasks), "k": k, "n_clean": n_clean, "n_corrupt": n_corrupt, "seed": seed})
@@ -364,12 +421,13 @@ def run_scores(model_spec: str, out: str | Path, tasks_dir=None, revision=None, 
 
 
 def run_atlas(model_spec: str, out: str | Path, tasks_dir=None, revision=None, dtype=None, device=None,
-              device_map=None, k: int = 10, n_clean: int = 100, n_corrupt: int = 25, n_eval: int = 50,
+              device_map=None, k: int | None = None, n_clean: int = 100, n_corrupt: int = 25, n_eval: int = 50,
               fractions=FRACTIONS, how: str = "mean", positions: str = "final", random_seeds: int = 5,
               seed: int = 0, log=print, model=None) -> dict:
     """``iclscope atlas``: scores, the ablation study, function vectors, figures and one HTML report."""
     t0 = time.time()
     model = model or _load(model_spec, revision, dtype, device, device_map)
+    k = default_shots(model, k)
     tasks = default_tasks(model, tasks_dir)
     score_t, eval_t, disjoint = split_tasks(tasks)
     cfg = {"command": "atlas", "model": str(model_spec), "revision": revision, "tasks": str(tasks_dir),
@@ -392,20 +450,25 @@ def run_atlas(model_spec: str, out: str | Path, tasks_dir=None, revision=None, d
         log("  reusing ablation.csv")
     else:
         eval_prompts = {n: build_eval_prompts(model, t, k, n_eval, seed + 1) for n, t in eval_t.items()}
+        eval_prompts.update(copy_prompts(model, n_eval, seed + 1))
         abl = ablation_study(model, eval_prompts, table, fractions, how, positions, random_seeds=random_seeds, log=log)
         res.write_table("ablation.csv", abl)
     figs["ablation"] = ablation_figure(abl, res.file("ablation.png"),
-                                       f"{model_spec}: {how}-ablating the top heads ({positions} position)")
+                                       f"{_short(model_spec)}: {how}-ablating the top heads ({positions} position)")
     if res.has("function_vectors.csv"):
         fvt = res.read_table("function_vectors.csv")
     else:
         fvt = function_vectors(model, eval_t, table, k=k, n=n_eval)
         res.write_table("function_vectors.csv", fvt)
-    curve = abl.groupby(["ranking", "fraction"]).accuracy.mean().unstack(0)
+    is_copy = abl.task.str.startswith("copy:")
+    curve = abl[~is_copy].groupby(["ranking", "fraction"]).accuracy.mean().unstack(0)
+    copy_curve = abl[is_copy].groupby(["ranking", "fraction"]).accuracy.mean().unstack(0) if is_copy.any() else None
     summary = {"model": str(model_spec), "heads": len(table), "top_heads": overlap,
                "max_induction": float(table.induction.max()), "max_fv": float(table.fv.max()),
                "accuracy_by_fraction": {r: {str(f): float(v) for f, v in curve[r].items()} for r in curve},
-               "function_vectors": fvt.to_dict("records"), "disjoint_tasks": disjoint,
+               "copy_accuracy_by_fraction": None if copy_curve is None else
+               {r: {str(f): float(v) for f, v in copy_curve[r].items()} for r in copy_curve},
+               "function_vectors": fv_summary(fvt), "disjoint_tasks": disjoint,
                "seconds": round(time.time() - t0, 1)}
     res.file("summary.json").write_text(json.dumps(summary, indent=2, default=str))
     write_report(res.file("report.html"), f"Head atlas: {model_spec}", [
@@ -416,10 +479,18 @@ def run_atlas(model_spec: str, out: str | Path, tasks_dir=None, revision=None, d
         {"figure": figs["fv"]}, {"figure": figs["scatter"]},
         {"heading": "Top heads and their overlap", "text": json.dumps(overlap, default=str)},
         {"heading": "Ablation study", "figure": figs["ablation"], "table": curve.reset_index()},
-        {"heading": "Function vectors (added to zero-shot prompts)", "table": fvt},
+        *([{"heading": "Ablation study: copying prompts (fresh mapping, repeated query)",
+            "table": copy_curve.reset_index()}] if copy_curve is not None else []),
+        {"heading": "Function vectors (added to zero-shot prompts; accuracy by layer, mean over tasks)",
+         "table": fvt.groupby("layer")[["zero_shot_acc", "with_fv_acc", "few_shot_acc"]].mean().reset_index()},
         {"heading": "All heads", "table": table},
     ])
-    log(curve.round(3).to_string())
+    log("accuracy on task prompts:\n" + curve.round(3).to_string())
+    if copy_curve is not None:
+        log("accuracy on copying prompts:\n" + copy_curve.round(3).to_string())
     log(f"top induction heads {sorted(top_ind)}; top FV heads {sorted(top_fv)}; overlap {sorted(top_ind & top_fv)}")
+    fs = summary["function_vectors"]
+    log(f"function vector ({fs['heads']} heads) at layer {fs['best_layer']}: zero-shot accuracy "
+        f"{fs['zero_shot_acc']:.3f} -> {fs['with_fv_acc']:.3f} (few-shot {fs['few_shot_acc']:.3f})")
     log(f"results in {res.path}/ (report.html) in {summary['seconds']} s")
     return summary

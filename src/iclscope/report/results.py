@@ -25,7 +25,7 @@ class ResultsDir:
             if old != new:
                 diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise IclscopeError(f"{self.path} holds results of a different config (differs in: "
-                                    f"{', '.join(diff)}); choose another --out or pass --overwrite")
+                                    f"{', '.join(diff)}); choose another --out, or delete that folder to start over")
         cfg_file.write_text(json.dumps(new, indent=2))
         self.config = new
 
