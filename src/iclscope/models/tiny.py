@@ -235,13 +235,8 @@ class TinyTransformer(nn.Module):
                 raise IclscopeError("this model takes no vector inputs (d_input=0)")
             if vectors.shape[-1] != cfg.d_input:
                 raise IclscopeError(f"input vectors have size {vectors.shape[-1]}, the model expects {cfg.d_input}")
-            cols = vector_mask[0].nonzero().squeeze(1) if bool((vector_mask == vector_mask[:1]).all()) else None
-            if cols is not None and len(cols) < T:  # the same vector positions in every row: embed only those
-                xv = self.embed_input(vectors[:, cols].reshape(R, -1, cfg.d_input)).view(RB, len(cols), -1)
-                x = x.index_copy(1, cols, xv)
-            else:
-                xv = self.embed_input(vectors.reshape(R, -1, cfg.d_input)).view(RB, T, -1)
-                x = torch.where(vector_mask[..., None], xv, x)
+            xv = self.embed_input(vectors.reshape(R, -1, cfg.d_input)).view(RB, T, -1)
+            x = torch.where(vector_mask[..., None], xv, x)
         if self.pos is not None:
             x = (x.view(R, -1, T, cfg.d_model) + self.pos[:, None, P:P + T]).view(RB, T, -1)
         rope = (self.rope_cos[P:P + T], self.rope_sin[P:P + T]) if cfg.positions == "rotary" else None
