@@ -22,9 +22,14 @@ def _cmd_train(args) -> int:
         pc = s["phase_change"]
         when = (f"phase change at step {pc['step']} ({pc['sequences']:,} sequences; steepest at "
                 f"{pc['steepest_sequences']:,})" if pc else "no phase change")
-        print(f"seed {s['seed']}: final train loss {s['final'].get('train_loss', float('nan')):.4f}, "
-              f"heldout_classes acc {s['final'].get('heldout_classes_acc', float('nan')):.3f}; {when}; "
-              f"{s['heads_strength_above_0.3']} last-layer heads with induction strength > 0.3")
+        f = s["final"]
+        if "stored_novel_acc" in f:  # the token testbed
+            detail = (f"accuracy: repeated query {f['stored_repeat_acc']:.3f}, novel query {f['stored_novel_acc']:.3f}, "
+                      f"fresh mapping (copying) {f['fresh_repeat_acc']:.3f}")
+        else:
+            detail = (f"heldout_classes acc {f.get('heldout_classes_acc', float('nan')):.3f}; "
+                      f"{s['heads_strength_above_0.3']} last-layer heads with induction strength > 0.3")
+        print(f"seed {s['seed']}: final train loss {f.get('train_loss', float('nan')):.4f}, {detail}; {when}")
     print(f"results in {args.out}/")
     return 0
 

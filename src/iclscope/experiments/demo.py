@@ -6,6 +6,9 @@
 2. The training lab: a short few-shot classification run (the reference model and data, with a larger
    learning rate so that it fits in a demo) that shows the plateau near ln 2, the abrupt phase change,
    and the last-layer heads turning into induction heads; then the additivity of those heads.
+3. The head atlas on a model worth analysing with no download: a small token LM trained on a multi-task
+   ICL mixture (the testbed), scored for induction and FV heads, with the ablation study showing that
+   FV heads carry novel-query accuracy and induction heads carry copying.
 """
 
 from __future__ import annotations
@@ -37,12 +40,18 @@ def run_demo(out: str | Path = "results/demo", model_spec: str = "random:gpt2", 
     summary = head_interface_demo(Path(out) / "heads", model_spec, n_seqs, half, top_k, seed, log)
     if train:
         summary["training"] = training_demo(Path(out) / "training", log)
+        summary["testbed"] = testbed_demo(Path(out) / "testbed", log)
     write_report(Path(out) / "report.html", "iclscope demo", [
         {"heading": "What ran", "text": __doc__},
         {"heading": "1. Per-head effect of mean ablation (final token)", "figure": Path(out) / "heads" / "kl_mean_ablation.png"},
         *([{"heading": "2. Training lab: the phase change", "figure": Path(out) / "training" / "phase_change.png",
             "text": json.dumps(summary["training"]["phase_change"])},
-           {"heading": "2b. Additivity of the trained heads", "figure": Path(out) / "training" / "additivity" / "additivity.png"}]
+           {"heading": "2b. Additivity of the trained heads", "figure": Path(out) / "training" / "additivity" / "additivity.png"},
+           {"heading": "3. Head atlas of the token testbed: which heads matter for which route",
+            "figure": Path(out) / "testbed" / "atlas" / "ablation.png",
+            "text": json.dumps({k: summary["testbed"][k] for k in ("top_induction", "top_fv", "overlap",
+                                                                    "function_vector")}, default=str)},
+           {"figure": Path(out) / "testbed" / "atlas" / "induction_vs_fv.png"}]
           if train else []),
     ])
     log(f"demo report: {Path(out) / 'report.html'}")
@@ -69,6 +78,32 @@ def training_demo(out: Path, log=print) -> dict:
     log(f"figure: {fig}")
     return {"phase_change": pc, "final": s["final"], "heads_strength_above_0.3": s["heads_strength_above_0.3"],
             "additivity": add}
+
+
+def testbed_demo(out: Path, log=print) -> dict:
+    """Train the token testbed (reference section C; ~3.5 minutes on one core), then its head atlas."""
+    from ..train import load_config, train as train_run
+    from .atlas import run_atlas
+
+    log(f"\n== token testbed: a 4-layer LM on a multi-task ICL mixture -> {out}/")
+    [s] = train_run(load_config("testbed"), out, log=log)
+    f = s["final"]
+    log(f"trained: accuracy with a repeated query {f['stored_repeat_acc']:.3f}, novel query {f['stored_novel_acc']:.3f}, "
+        f"fresh mapping (copying only) {f['fresh_repeat_acc']:.3f}")
+    final = sorted((out / "checkpoints").glob("step_*"))[-1]
+    a = run_atlas(str(final), out / "atlas", log=lambda *x: None)
+    top = a["top_heads"]
+    fv = a["function_vectors"]
+    abl, cop = a["accuracy_by_fraction"], a["copy_accuracy_by_fraction"]
+    hi = max(abl["fv"], key=float)
+    log(f"atlas: top induction heads {top['induction']}, top FV heads {top['fv']}, overlap {top['overlap']}")
+    log(f"ablating the top {float(hi):.0%} of heads: by FV score -> novel-query accuracy {abl['fv'][hi]:.2f}, "
+        f"copying {cop['fv'][hi]:.2f}; by induction score -> novel-query {abl['induction'][hi]:.2f}, "
+        f"copying {cop['induction'][hi]:.2f} (random heads: {abl['random'][hi]:.2f} / {cop['random'][hi]:.2f})")
+    log(f"function vector at layer {fv['best_layer']}: zero-shot accuracy {fv['zero_shot_acc']:.2f} -> {fv['with_fv_acc']:.2f}")
+    return {"final": f, "top_induction": top["induction"], "top_fv": top["fv"], "overlap": top["overlap"],
+            "function_vector": fv, "ablation_at": hi, "task_acc": {k: v[hi] for k, v in abl.items()},
+            "copy_acc": {k: v[hi] for k, v in cop.items()}}
 
 
 def head_interface_demo(out: Path, model_spec: str, n_seqs: int, half: int, top_k: int, seed: int, log=print) -> dict:
