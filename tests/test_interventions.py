@@ -267,3 +267,19 @@ def test_recorded_slice_with_grad_gets_the_gradient(model, tokens):
     logits[:, -1].float().pow(2).sum().backward()
     assert z.grad is not None and z.grad.abs().max() > 0
     model.module.zero_grad()
+
+
+@pytest.mark.parametrize("family", ["tiny", "gpt2"])
+def test_graft_pre_pass_stops_after_the_grafted_layer(family, tokens):
+    model, source = make_model(family), make_model(family, seed=1)
+    last = source.module.blocks[-1] if family == "tiny" else source.layers[-1]
+    calls = []
+    handle = last.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        grafted = model.run(tokens, interventions=[Graft(source, layers=[0])])[0]
+    finally:
+        handle.remove()
+    assert calls == []  # the source ran layer 0 only
+    _, src = source.run(tokens, record=["resid_post"], layers=[0])
+    torch.testing.assert_close(grafted, model.run(tokens, interventions=[Patch("resid_post", src, layers=[0])])[0],
+                               atol=ATOL, rtol=0)

@@ -219,6 +219,7 @@ def clamp_sweep(config=None, out: str | Path = "results/clamp-sweep", seeds=(0, 
     base["train"]["seeds"] = [int(s) for s in seeds]
     base["train"]["sequences"] = int(sequences)
     base["train"]["threads"] = 1
+    base["eval"]["batch"] = min(int(base["eval"]["batch"]), 256)  # many runs: lighter evaluations
     out = Path(out)
     res = ResultsDir(out, {"command": "clamp-sweep", "base": base, "conditions": conditions})
     needs_none = any("@none" in json.dumps(CONDITIONS[c]) for c in conditions)

@@ -245,14 +245,26 @@ class Model:
         return self.run(inputs, interventions=interventions, record=record, layers=layers, positions=positions,
                         grad=grad)
 
-    def _plain_run(self, inputs: dict, record_names: Sequence[str]) -> tuple[torch.Tensor, Cache]:
-        """A pass with no interventions at all (for pre-passes), recording full hook names."""
+    def _plain_run(self, inputs: dict, record_names: Sequence[str]) -> tuple[torch.Tensor | None, Cache]:
+        """A pass with no interventions at all (for pre-passes), recording full hook names. It stops as
+        soon as every requested value is recorded (the later layers cannot change them), so logits are
+        None unless nothing was requested."""
         cache = Cache()
-        ops = {name: [_recorder(cache, name, None, False)] for name in record_names}
+        wanted = set(record_names)
+
+        def stop_when_done(x, ctx):
+            if wanted.issubset(cache):
+                raise _Done
+            return x
+
+        ops = {name: [_recorder(cache, name, None, False), stop_when_done] for name in record_names}
         saved = (self.hooks.ops, self.hooks.ctx)
         self.hooks.set(ops, RunContext(tokens=inputs.get("tokens")))
+        logits = None
         try:
             logits = self._forward(**inputs)
+        except _Done:
+            pass
         finally:
             self.hooks.set(*saved)
         return logits, cache
@@ -356,6 +368,10 @@ class PrefixRows:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+class _Done(Exception):
+    """Raised inside a pre-pass once every value it was asked for is recorded."""
 
 
 def _recorder(cache: Cache, name: str, pos: torch.Tensor | None, grad: bool):
