@@ -43,13 +43,12 @@ def loss_curves(path: str | Path, runs: dict, threshold: float | None = None, ti
         x = dfs[0].sequences.to_numpy()
         ys = np.stack([df[column].to_numpy()[: len(x)] for df in dfs])
         c = colors[i % len(colors)]
-        ax.plot(np.maximum(x, 1), ys.mean(0), color=c, label=name, lw=1.6)
+        ax.plot(x, ys.mean(0), color=c, label=name, lw=1.6)
         if len(dfs) > 1:
-            ax.fill_between(np.maximum(x, 1), ys.min(0), ys.max(0), color=c, alpha=0.15, lw=0)
+            ax.fill_between(x, ys.min(0), ys.max(0), color=c, alpha=0.15, lw=0)
     if threshold is not None:
         ax.axhline(threshold, color="grey", ls="--", lw=1, label=f"threshold {threshold:.3f}")
     ax.axhline(np.log(2), color="k", ls=":", lw=1, label="ln 2 (chance in context)")
-    ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("sequences seen")
     ax.set_ylabel(column.replace("_", " "))
@@ -95,8 +94,8 @@ def line_panels(path: str | Path, panels: list[dict]) -> Path:
 def training_story(path: str | Path, df: pd.DataFrame, phase: dict | None, title: str = "") -> Path:
     """Two panels of a training run's metrics.csv: losses (with the phase change marked) and the heads
     (last-layer induction strength, best layer-0 previous-token score) against sequences seen."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    x = np.maximum(df.sequences.to_numpy(), 1)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4))
+    x = df.sequences.to_numpy()
     a.plot(x, df.train_loss, label="train loss", lw=1.8)
     for col, lab in (("heldout_labels_loss", "held-out label pairs"), ("heldout_exemplars_loss", "held-out exemplars"),
                      ("heldout_classes_loss", "held-out classes")):
@@ -123,7 +122,7 @@ def training_story(path: str | Path, df: pd.DataFrame, phase: dict | None, title
     b.set_xlabel("sequences seen")
     b.set_ylabel("attention: correct label minus wrong label")
     b.set_title("last-layer heads' induction strength", fontsize=10)
-    b.legend(fontsize=7, ncol=2, loc="lower right")
+    b.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
