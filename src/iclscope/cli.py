@@ -95,6 +95,32 @@ def _cmd_tasks(args) -> int:
     return 0
 
 
+def _cmd_dynamics(args) -> int:
+    from .experiments.dynamics import run_dynamics, testbed_story
+
+    kw = dict(checkpoints=args.checkpoints, tasks_dir=args.tasks, k=args.shots, n_clean=args.n_clean,
+              n_corrupt=args.n_corrupt, n_eval=args.n_eval, top=args.top, rel=args.rel, reuse=args.reuse or (),
+              dtype=args.dtype, device=args.device)
+    if args.story:
+        if args.run is None:
+            from .errors import IclscopeError
+            raise IclscopeError("--story needs --run (a training-lab run of the token testbed)")
+        testbed_story(args.run, args.out, **kw)
+        return 0
+    run_dynamics(args.out, model=args.model, revisions=args.revisions, run=args.run,
+                 tokens_per_step=args.tokens_per_step, **kw)
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .experiments.compare import run_compare
+
+    fractions = [float(f) / 100 for f in args.fractions.split(",")]
+    run_compare(args.dirs, args.out, labels=args.labels.split(",") if args.labels else None, fractions=fractions,
+                depth_fraction=args.depth_fraction / 100)
+    return 0
+
+
 def _cmd_info(args) -> int:
     from . import load
 
@@ -176,6 +202,38 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--out", required=True)
     tb.add_argument("--names", default=None, help="comma-separated subset of the tasks")
     tb.set_defaults(fn=_cmd_tasks)
+
+    dy = sub.add_parser("dynamics", help="head scores and accuracy over training checkpoints; role transitions")
+    src = dy.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="a hub model name (with --revisions)")
+    src.add_argument("--run", help="a training-lab run folder (RUN/checkpoints/step_N)")
+    dy.add_argument("--revisions", default=None, help="hub revisions, e.g. step1,step64,step1000 (with --model)")
+    dy.add_argument("--checkpoints", default=None, help="with --run: a subset by step or name, e.g. 0,250,4000 "
+                    "(default: every saved checkpoint)")
+    dy.add_argument("--out", required=True, help="results folder (a rerun resumes at the next unfinished checkpoint)")
+    dy.add_argument("--reuse", nargs="+", default=None, metavar="DIR", help="folders of earlier scores / atlas / "
+                    "dynamics results: a checkpoint scored there with the same settings is not recomputed")
+    dy.add_argument("--n-eval", type=int, default=50, help="evaluation prompts per task for the accuracy")
+    dy.add_argument("--top", type=int, default=None, help="size of the top sets (default 2 %% of heads, at least 3)")
+    dy.add_argument("--rel", type=float, default=0.25, help="a top head's score must be at least REL x the final "
+                    "checkpoint's best (default 0.25)")
+    dy.add_argument("--tokens-per-step", type=int, default=None, help="tokens per optimizer step, for the tokens "
+                    "column of hub revisions (Pythia: 2097152)")
+    dy.add_argument("--story", action="store_true", help="with --run on the token testbed: the whole story "
+                    "(story.json, story.png, story.html)")
+    dy.add_argument("--dtype", default=None, help="float32, bfloat16, float16")
+    dy.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
+    _task_args(dy)
+    dy.set_defaults(fn=_cmd_dynamics)
+
+    cp = sub.add_parser("compare", help="atlas results of several models side by side; one HTML report")
+    cp.add_argument("dirs", nargs="+", help="atlas results folders (the same task set)")
+    cp.add_argument("--out", default="results/compare")
+    cp.add_argument("--labels", default=None, help="comma-separated names for the models (default: from config.json)")
+    cp.add_argument("--fractions", default="2,5,10,20", help="top-k as percent of all heads, for the overlap")
+    cp.add_argument("--depth-fraction", type=float, default=10, help="percent of heads (at least 3) whose depth is "
+                    "shown per kind")
+    cp.set_defaults(fn=_cmd_compare)
 
     i = sub.add_parser("info", help="load a model and print its shape and hook points")
     _model_args(i)
