@@ -8,7 +8,8 @@
    and the last-layer heads turning into induction heads; then the additivity of those heads.
 3. The head atlas on a model worth analysing with no download: a small token LM trained on a multi-task
    ICL mixture (the testbed), scored for induction and FV heads, with the ablation study showing that
-   FV heads carry novel-query accuracy and induction heads carry copying.
+   FV heads carry novel-query accuracy and induction heads carry copying; then the same scores at every
+   checkpoint: when each kind of head forms and whether FV heads were induction heads first.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def run_demo(out: str | Path = "results/demo", model_spec: str = "random:gpt2", 
             "figure": Path(out) / "testbed" / "atlas" / "ablation.png",
             "text": json.dumps({k: summary["testbed"][k] for k in ("top_induction", "top_fv", "overlap",
                                                                     "function_vector")}, default=str)},
-           {"figure": Path(out) / "testbed" / "atlas" / "induction_vs_fv.png"}]
+           {"figure": Path(out) / "testbed" / "atlas" / "induction_vs_fv.png"},
+           {"heading": "3b. The testbed over training: when each kind of head forms",
+            "figure": Path(out) / "testbed" / "story" / "story.png"}]
           if train else []),
     ])
     log(f"demo report: {Path(out) / 'report.html'}")
@@ -101,7 +104,10 @@ def testbed_demo(out: Path, log=print) -> dict:
         f"copying {cop['fv'][hi]:.2f}; by induction score -> novel-query {abl['induction'][hi]:.2f}, "
         f"copying {cop['induction'][hi]:.2f} (random heads: {abl['random'][hi]:.2f} / {cop['random'][hi]:.2f})")
     log(f"function vector at layer {fv['best_layer']}: zero-shot accuracy {fv['zero_shot_acc']:.2f} -> {fv['with_fv_acc']:.2f}")
-    return {"final": f, "top_induction": top["induction"], "top_fv": top["fv"], "overlap": top["overlap"],
+    from .dynamics import testbed_story
+    story = testbed_story(out, out / "story", reuse=[out / "atlas"], log=lambda *x: None)
+    log("over training: " + story.get("text", "").replace("\n", "\n  "))
+    return {"final": f, "story": {k: v for k, v in story.items() if k != "text"}, "top_induction": top["induction"], "top_fv": top["fv"], "overlap": top["overlap"],
             "function_vector": fv, "ablation_at": hi, "task_acc": {k: v[hi] for k, v in abl.items()},
             "copy_acc": {k: v[hi] for k, v in cop.items()}}
 
