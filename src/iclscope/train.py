@@ -582,7 +582,7 @@ class Trainer:
                    for r in range(self.R)]
         loss_sum, loss_n = torch.tensor(running[0], dtype=torch.float64).reshape(-1).expand(self.R).clone(), running[1]
         t0 = time.time()
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, unit="step",
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=None if self.progress else True, unit="step",
                    desc=self.cfg.get("name", "train"), dynamic_ncols=True, mininterval=1.0)
         try:
             with self.model.intervene(self.clamps.static):
