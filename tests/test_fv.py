@@ -41,7 +41,7 @@ def _padded_batch(seed=0, B=3, T=9, pads=(0, 3, 1)):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_last_token_against_prefix_equals_full_pass(family):
     model = make_model(family)
-    inp = _padded_batch()
+    inp = _padded_batch(pads=(0, 0, 0) if family == "tiny" else (0, 3, 1))  # the tiny model takes no padding
     with torch.no_grad():
         full = model(inp)[:, -1]
         prefix = model.prefix_cache(inp)
@@ -59,7 +59,7 @@ def test_last_token_against_prefix_equals_full_pass(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_patches_on_the_last_token_pass_equal_full_pass_patches(family):
     model = make_model(family)
-    inp = _padded_batch(seed=1)
+    inp = _padded_batch(seed=1, pads=(0, 0, 0) if family == "tiny" else (0, 3, 1))
     means = torch.randn(model.n_layers, model.n_heads, model.d_head, generator=torch.Generator().manual_seed(2))
     heads = [(0, 1), (1, 2), (2, 3), (2, 0)]
     with torch.no_grad():
@@ -255,3 +255,9 @@ def test_fv_bad_input():
         fv_prompts(model, [Task("upper", [(w, w.upper()) for w in WORDS])])
     res = fv_scores(model, (clean, bad), progress=False)  # one pair, named by its task
     assert isinstance(res, FVResult) and res.tasks == [clean.task]
+
+
+def test_tiny_prefix_cache_refuses_padded_prompts():
+    model = make_model("tiny")
+    with pytest.raises(iclscope.IclscopeError, match="no padding support"):
+        model.prefix_cache(_padded_batch())

@@ -138,3 +138,11 @@ def test_one_adam_step_on_an_ensemble_equals_separate_runs():
         torch.nn.functional.cross_entropy(s(part)[:, -1], target[r * 4:(r + 1) * 4]).backward()
         o.step()
         torch.testing.assert_close(ens.member(r)(part), s(part), atol=1e-5, rtol=0)
+
+
+def test_tiny_model_refuses_padding_instead_of_attending_to_it():
+    m = TinyModel(TinyConfig(n_layers=1, n_heads=2, d_model=16, vocab_size=5), seed=0)
+    toks = torch.tensor([[1, 2, 3], [0, 2, 3]])
+    m({"tokens": toks, "attention_mask": torch.ones(2, 3, dtype=torch.long)})  # no padding: fine
+    with pytest.raises(IclscopeError, match="no padding support"):
+        m({"tokens": toks, "attention_mask": torch.tensor([[1, 1, 1], [0, 1, 1]])})

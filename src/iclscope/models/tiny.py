@@ -269,6 +269,9 @@ class TinyModel(Model):
         self.d_model, self.d_head, self.vocab_size = c.d_model, c.d_model // c.n_heads, c.vocab_size
 
     def _forward(self, tokens, vectors=None, vector_mask=None, attention_mask=None, prefix=None, kv_out=None):
+        if attention_mask is not None and not bool(attention_mask.bool().all()):
+            raise IclscopeError("the tiny model has no padding support: its prompts must all have the same length "
+                                "(an attention_mask with zeros was given)")
         if prefix is None:
             if kv_out is None:
                 return self.module(tokens, vectors, vector_mask)
