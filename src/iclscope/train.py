@@ -475,7 +475,9 @@ class Trainer:
                         out[r]["conflict_copy"] = float(copied[r])
             for split, batch in (() if self.tokens_only else self.eval_sets.items()):
                 extra = self.clamps.for_batch(batch) if self.cfg["eval"]["clamps"] else []
-                logits, cache = self.model.run(batch, interventions=extra, record=["pattern"])
+                # patterns feed the induction-strength and task previous-token measures: train split only
+                logits, cache = self.model.run(batch, interventions=extra,
+                                               record=["pattern"] if split == "train" else None)
                 q = logits[:, -1].float()
                 loss = F.cross_entropy(q, batch.target, reduction="none").view(self.R, -1).mean(1)
                 acc = (q.argmax(-1) == batch.target).float().view(self.R, -1).mean(1)

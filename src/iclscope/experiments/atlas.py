@@ -33,7 +33,7 @@ from ..data.synthetic import random_segment_repeats, repeated_random_tokens
 from ..errors import IclscopeError
 from ..evaluate import icl_accuracy
 from ..report import ResultsDir, write_report
-from ..report.figures import head_heatmap
+from ..report.figures import head_heatmap, save_figure
 from ..scores.attention import duplicate_token_scores, induction_scores, prev_token_scores
 from ..scores.fv import fv_prompts, fv_scores
 from ..tasks.core import Task, TokenTask, build_prompts, build_token_prompts, load_tasks
@@ -334,10 +334,7 @@ def ablation_figure(df: pd.DataFrame, path: Path, title: str) -> Path:
     fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), squeeze=False)
     for ax, (label, part) in zip(axes[0], groups):
         _ablation_panel(ax, part, f"{title}\n{label}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _ablation_panel(ax, df: pd.DataFrame, title: str) -> None:
@@ -380,10 +377,7 @@ def scatter_and_layers(table: pd.DataFrame, path: Path, n_layers: int) -> Path:
     b.set_xlabel("relative depth")
     b.set_title("where each kind sits", fontsize=10)
     b.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------

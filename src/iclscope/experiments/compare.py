@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..errors import IclscopeError
 from ..report import ResultsDir, write_report
+from ..report.figures import save_figure
 from .atlas import _ablation_panel
 
 FRACTIONS = (0.02, 0.05, 0.1, 0.2)
@@ -200,10 +201,7 @@ def overlap_figure(ov: pd.DataFrame, corr: pd.DataFrame, path: Path) -> Path:
     b.set_ylim(-1, 1)
     b.set_title("correlation of induction and FV scores over all heads", fontsize=9)
     b.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def depth_figure(depth: pd.DataFrame, path: Path) -> Path:
@@ -224,10 +222,7 @@ def depth_figure(depth: pd.DataFrame, path: Path) -> Path:
     ax.set_ylim(-0.05, 1.05)
     ax.set_title("where each kind sits (bars: means)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def ablation_figure(entries: list[dict], path: Path) -> Path | None:

@@ -58,6 +58,7 @@ import pandas as pd
 
 from ..errors import IclscopeError
 from ..report import ResultsDir, write_report
+from ..report.figures import save_figure
 from .atlas import (_safe, build_eval_prompts, copy_prompts, default_shots, default_tasks, score_heads,
                     split_tasks)
 
@@ -478,10 +479,7 @@ def trajectories_figure(long: pd.DataFrame, top: int, path: Path, title: str = "
                      fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def heatmaps_figure(long: pd.DataFrame, path: Path, title: str = "") -> Path:
@@ -507,10 +505,7 @@ def heatmaps_figure(long: pd.DataFrame, path: Path, title: str = "") -> Path:
         ax.set_title(f"{col} score", fontsize=9)
         fig.colorbar(im, ax=ax)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def accuracy_figure(ck: pd.DataFrame, path: Path, metrics: pd.DataFrame | None = None, title: str = "") -> Path:
@@ -543,10 +538,7 @@ def accuracy_figure(ck: pd.DataFrame, path: Path, metrics: pd.DataFrame | None =
         b.set_title("the run's evaluation conditions (metrics.csv)", fontsize=9)
         b.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 METRIC_LABELS = {"stored_repeat_acc": "stored task, repeated query", "stored_novel_acc": "stored task, novel query (FV route)",
@@ -613,10 +605,7 @@ def transitions_figure(long: pd.DataFrame, trans: pd.DataFrame, summary: dict, p
     b.set_title("passed through the other role first", fontsize=9)
     b.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -307,9 +307,10 @@ class Model:
             raise IclscopeError(f"token ids must have shape (batch, seq), got {tuple(tok.shape)}")
         if tok.dtype not in (torch.int64, torch.int32):
             raise IclscopeError(f"token ids must be integers, got {tok.dtype}")
-        if tok.numel() and (int(tok.min()) < 0 or int(tok.max()) >= self.vocab_size):
-            raise IclscopeError(f"a token id is outside the vocabulary of {self.vocab_size} "
-                                f"(min {int(tok.min())}, max {int(tok.max())})")
+        if tok.numel():
+            lo, hi = (int(v) for v in torch.aminmax(tok))  # one reduction: this runs every training step
+            if lo < 0 or hi >= self.vocab_size:
+                raise IclscopeError(f"a token id is outside the vocabulary of {self.vocab_size} (min {lo}, max {hi})")
         return d
 
     @staticmethod

@@ -12,6 +12,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write as a PNG (dpi 120) and close ``fig``; returns the path."""
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def head_heatmap(df: pd.DataFrame, column: str, path: str | Path, title: str = "", cmap: str = "viridis") -> Path:
     """A (layer x head) heat map of ``df[column]``; df has columns layer, head, column."""
     L, H = int(df.layer.max()) + 1, int(df["head"].max()) + 1
@@ -25,11 +34,7 @@ def head_heatmap(df: pd.DataFrame, column: str, path: str | Path, title: str = "
     ax.set_yticks(range(L))
     ax.set_title(title or column, fontsize=9)
     fig.colorbar(im, ax=ax, label=column)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def loss_curves(path: str | Path, runs: dict, threshold: float | None = None, title: str = "",
@@ -54,11 +59,7 @@ def loss_curves(path: str | Path, runs: dict, threshold: float | None = None, ti
     ax.set_ylabel(column.replace("_", " "))
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def line_panels(path: str | Path, panels: list[dict]) -> Path:
@@ -84,11 +85,7 @@ def line_panels(path: str | Path, panels: list[dict]) -> Path:
         ax.set_title(p.get("title", ""), fontsize=10)
         ax.set_xlabel(p.get("xlabel", ""))
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def training_story(path: str | Path, df: pd.DataFrame, phase: dict | None, title: str = "") -> Path:
@@ -124,8 +121,4 @@ def training_story(path: str | Path, df: pd.DataFrame, phase: dict | None, title
     b.set_title("last-layer heads' induction strength", fontsize=10)
     b.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
