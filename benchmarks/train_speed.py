@@ -59,7 +59,7 @@ def step_rate(clamps: list, steps: int = 1500, repeats: int = 3) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="run,clamps,sweep")
+    ap.add_argument("--parts", default="run,data,clamps,sweep")
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     args = ap.parse_args()
     parts = args.parts.split(",")
@@ -77,6 +77,20 @@ def main() -> None:
                      f"{wall:.1f} s ({31250 / wall:.0f} steps/s)"))
         rows.append(("  its phase change / final train loss",
                      f"{pc['sequences']:,} sequences / {s['final']['train_loss']:.4f}" if pc else "none"))
+    if "data" in parts:
+        from iclscope.data.mixture import MixtureData
+        from iclscope.data.synthetic import FewShotConfig, FewShotData
+        g = torch.Generator().manual_seed(0)
+        for name, fn in (("few-shot batch of 32", lambda: FewShotData(FewShotConfig()).sample),
+                         ("token-mixture batch of 64", lambda: MixtureData().sample)):
+            sample = fn()
+            args = (32, "train", g) if "few-shot" in name else (64, g)
+            for _ in range(20):
+                sample(*args)
+            t0 = time.perf_counter()
+            for _ in range(500):
+                sample(*args)
+            rows.append((f"data: one {name}", f"{(time.perf_counter() - t0) / 500 * 1e3:.2f} ms"))
     if "clamps" in parts:
         base = step_rate([])
         rows.append(("training step, no clamp", f"{base:.0f} steps/s"))
