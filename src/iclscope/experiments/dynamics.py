@@ -172,7 +172,7 @@ def _hub_config(spec: str, revision: str) -> dict:
     An IclscopeError naming the revision when it cannot be found."""
     from transformers import AutoConfig
 
-    from ..models.hf import _hub_reachable, _offline
+    from ..models.hf import hub_reachable as _hub_reachable, offline as _offline
 
     try:
         return AutoConfig.from_pretrained(spec, revision=revision, local_files_only=True).to_dict()

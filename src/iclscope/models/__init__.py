@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
+from ..cache import Cache
 from ..errors import IclscopeError
-from .base import Cache, HookPoints, Model, head_means
+from .base import HookPoints, Model, PrefixCache, PrefixRows, head_means
 from .tiny import CONFIG_FILE, TinyConfig, TinyModel, TinyTransformer
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -46,4 +47,5 @@ def load(spec: str | Path, revision: str | None = None, dtype=None, device=None,
                            trust_remote_code=trust_remote_code)
 
 
-__all__ = ["Cache", "HookPoints", "Model", "TinyConfig", "TinyModel", "TinyTransformer", "head_means", "load"]
+__all__ = ["Cache", "HookPoints", "Model", "PrefixCache", "PrefixRows", "TinyConfig", "TinyModel", "TinyTransformer",
+           "head_means", "load"]

@@ -1,7 +1,8 @@
 """One head-level interface over every model family.
 
 A ``Model`` wraps a torch module whose forward pass calls ``hooks(name, tensor)`` at every hook point
-(see ``iclscope.interventions`` for the names and shapes). Everything outside ``models/`` names heads as
+(names and shapes: ``iclscope.sites``). The one flow: inputs -> ``run`` (interventions compiled by
+``iclscope.compile``, pre-passes, one forward pass, recorders) -> logits + ``Cache`` -> a readout. Everything outside ``models/`` names heads as
 (layer, head) and talks to this class only:
 
     model = iclscope.load("random:llama")
@@ -18,17 +19,20 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from ..cache import Cache
+from ..compile import Plan, RunContext, compile_interventions, positions_index
 from ..errors import IclscopeError
-from ..interventions import (HEAD_SITES, SITES, RunContext, compile_interventions, hook_name,
-                             positions_index)
+from ..sites import HEAD_SITES, SITES, hook_name, parse_hook_name
 
 
 class HookPoints:
-    """The dispatcher a model's forward pass calls at each hook point.
+    """The dispatcher a model's forward pass calls at each hook point, and the state of the current run.
 
     ``hooks(name, x)`` returns x unchanged when nothing is registered at ``name`` (one dict lookup),
     else the result of the registered functions in order. ``hooks.layer_active(l)`` tells the attention
-    code whether any per-head hook of layer l is live, so that it can take the fused fast path when not.
+    code whether any per-head hook of layer l is live, so that it can take the fused fast path when not;
+    ``hooks.ctx`` is the run's ``RunContext`` (token ids, pre-pass caches, the prefix on the final-token
+    path).
     """
 
     def __init__(self) -> None:
@@ -36,9 +40,11 @@ class HookPoints:
         self.ctx = RunContext()
         self._active_layers: set[int] = set()
 
-    def set(self, ops: dict[str, list[Callable]], ctx: RunContext) -> None:
-        self.ops, self.ctx = ops, ctx
-        self._active_layers = {int(n.split(".")[1]) for n in ops if ".attn." in n}
+    def set(self, ops: dict[str, list[Callable]], ctx: RunContext, active_layers: set[int]) -> None:
+        self.ops, self.ctx, self._active_layers = ops, ctx, set(active_layers)
+
+    def state(self) -> tuple:
+        return self.ops, self.ctx, self._active_layers
 
     def clear(self) -> None:
         self.ops, self.ctx, self._active_layers = {}, RunContext(), set()
@@ -54,26 +60,6 @@ class HookPoints:
         return x
 
 
-class Cache(dict):
-    """Recorded activations: hook name -> tensor (see ``iclscope.interventions`` for the shapes).
-
-    When recorded at chosen positions only, the position axis holds just those positions, in the order
-    of ``cache.positions``.
-    """
-
-    positions: torch.Tensor | None = None
-
-    def site(self, site: str, layer: int) -> torch.Tensor:
-        name = hook_name(site, layer)
-        if name not in self:
-            raise IclscopeError(f"the cache holds no {name!r}; it holds {sorted(self)}")
-        return self[name]
-
-    def stack(self, site: str, layers: Iterable[int]) -> torch.Tensor:
-        """(n_layers_given, ...) stack of one site over layers."""
-        return torch.stack([self.site(site, layer) for layer in layers])
-
-
 class Model:
     """A causal model with the head interface.
 
@@ -81,7 +67,10 @@ class Model:
     bos_token_id (or None), family (e.g. "gpt2", "llama", "tiny"), module (the torch module),
     hooks (its HookPoints).
 
-    Subclasses implement ``_forward(**inputs) -> logits (B, T, vocab)`` and ``out_proj(layer, z)``.
+    Subclasses implement ``_forward(inputs, prefix=None, kv_out=None) -> logits (B, T, vocab)`` and
+    ``out_proj(layer, z)``: ``inputs`` is the dict of ``_inputs`` (``tokens`` and the family's extras);
+    ``prefix`` a ``PrefixRows`` view on the final-token path; ``kv_out`` a dict to fill with every layer's
+    (keys, values) minus the final position (for ``prefix_cache``).
     """
 
     family: str = "?"
@@ -91,6 +80,8 @@ class Model:
     d_head: int
     d_model: int
     vocab_size: int
+    n_ctx: int | None = None  # longest sequence the model takes (None: not known)
+    supports_padding: bool = True  # whether left-padded batches (an attention_mask with zeros) are allowed
     tokenizer: Any = None
     bos_token_id: int | None = None
     module: torch.nn.Module
@@ -101,7 +92,8 @@ class Model:
         self._compiled: tuple | None = None
 
     # ------------------------------------------------------------------ family-specific
-    def _forward(self, **inputs) -> torch.Tensor:  # pragma: no cover - abstract
+    def _forward(self, inputs: dict, prefix: "PrefixRows | None" = None,
+                 kv_out: dict | None = None) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def out_proj(self, layer: int, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -148,45 +140,54 @@ class Model:
         """Logits (B, T, vocab) under the active interventions."""
         return self.run(inputs, **kwargs)[0]
 
-    def run(self, inputs: Any, interventions: Sequence = (), record: Sequence[str] | None = None,
-            layers: Iterable[int] | None = None, positions=None, grad: bool = False) -> tuple[torch.Tensor, Cache]:
+    def run(self, inputs: Any = None, interventions: Sequence = (), record: Sequence[str] | None = None,
+            layers: Iterable[int] | None = None, positions=None, grad: bool = False,
+            prefix: "PrefixRows | None" = None) -> tuple[torch.Tensor, Cache]:
         """One forward pass under the active interventions plus ``interventions``, recording activations.
 
         inputs: token ids (B, T) int64; or a dict / batch object of the family's inputs (token models:
             ``input_ids`` or ``tokens``, optional ``attention_mask``; the tiny model also ``vectors``
-            (B, T, d_input) and ``vector_mask`` (B, T)).
+            (B, T, d_input) and ``vector_mask`` (B, T)). With ``prefix``, inputs default to the prefix's
+            final tokens.
         record: sites to record (e.g. ["z", "pattern"]) or full hook names; layers: which layers
             (default all); positions: which token positions (default all; query positions for patterns).
         grad: keep recorded tensors attached to the graph (for attribution methods); default detached.
+        prefix: a ``PrefixRows`` view (see ``run_last_token``): run only the final token of each row
+            against that cached prefix.
         Returns (logits (B, T, vocab), Cache).
         """
+        return self._run(inputs, interventions, record, layers, positions, grad, prefix)
+
+    def _run(self, inputs, interventions=(), record=None, layers=None, positions=None, grad=False, prefix=None,
+             kv_out: dict | None = None) -> tuple[torch.Tensor, Cache]:
+        """``run``, plus ``kv_out``: a dict the main pass fills with every layer's keys/values (prefix_cache)."""
+        if prefix is not None and inputs is None:
+            inputs = {k: prefix.select(v) for k, v in prefix.cache.last.items()}
         inputs = self._inputs(inputs)
-        tokens = inputs.get("tokens")
         if self._compiled is None:  # the context's interventions compile once, not once per pass
             self._compiled = compile_interventions(self.active_interventions(), self)
-        ops = {k: list(v) for k, v in self._compiled[0].items()}
-        sources = {k: (m, set(n)) for k, (m, n) in self._compiled[1].items()}
-        if interventions:  # per-call extras apply after the context's, at each hook
-            extra_ops, extra_sources = compile_interventions(list(interventions), self)
-            for name, fns in extra_ops.items():
-                ops.setdefault(name, []).extend(fns)
-            for key, (m, names) in extra_sources.items():
-                sources.setdefault(key, (m, set()))[1].update(names)
-        ctx = RunContext(tokens=tokens)
-        for key, (source_model, names) in sources.items():
+        plan = self._compiled.extend(compile_interventions(list(interventions), self)) if interventions \
+            else self._compiled.extend(Plan())
+        ctx = RunContext(tokens=inputs.get("tokens"), prefix=prefix)
+        for key, (source_model, names) in plan.prepasses.items():
+            if source_model is not None and prefix is not None:
+                raise IclscopeError("Graft (a frozen source model) is not supported on the final-token path; "
+                                    "run the full sequence instead")
             runner = self if source_model is None else source_model
             with torch.no_grad():
-                ctx.caches[key] = runner._plain_run(inputs, record_names=sorted(names))[1]
+                ctx.caches[key] = runner._plain_run(inputs, sorted(names), prefix=prefix)[1]
         cache = Cache()
         if record:
-            T = self._seq_len(inputs)
-            pos = positions_index(positions, T)
+            pos = positions_index(positions, inputs["tokens"].shape[1])
             cache.positions = pos
             for name in self._record_names(record, layers):
-                ops.setdefault(name, []).append(_recorder(cache, name, pos, grad))
-        self.hooks.set(ops, ctx)
+                plan.ops.setdefault(name, []).append(_recorder(cache, name, pos, grad))
+                site, layer = parse_hook_name(name)
+                if site in HEAD_SITES:
+                    plan.head_layers.add(layer)
+        self.hooks.set(plan.ops, ctx, plan.head_layers)
         try:
-            logits = self._forward(**inputs)
+            logits = self._forward(inputs, prefix=prefix, kv_out=kv_out)
         finally:
             self.hooks.clear()
         return logits, cache
@@ -203,9 +204,9 @@ class Model:
         T = d["tokens"].shape[1]
         if T < 2:
             raise IclscopeError("prefix_cache needs sequences of at least 2 tokens")
-        kv_out: dict = {}  # filled by _forward; a pre-pass writes it too, the main pass (last) wins
+        kv_out: dict = {}  # filled by _forward with every layer's keys/values, minus the final position
         with torch.no_grad():
-            logits, _ = self.run({**d, "kv_out": kv_out}, interventions=interventions)
+            logits = self._run(d, interventions, kv_out=kv_out)[0]
         if sorted(kv_out) != list(range(self.n_layers)):
             raise IclscopeError(f"prefix_cache: the {self.family} forward pass returned keys/values for layers "
                                 f"{sorted(kv_out)}, not all {self.n_layers}")
@@ -238,14 +239,12 @@ class Model:
         if record and positions is not None and any(r in ("k", "v") or r.endswith(("hook_k", "hook_v"))
                                                     for r in record):
             raise IclscopeError("run_last_token: k and v span the whole key axis; record them without positions")
-        rows = prefix.rows(rows)
-        view = PrefixRows(prefix, rows)
-        inputs = {k: view.select(v) for k, v in prefix.last.items()}
-        inputs["prefix"] = view
-        return self.run(inputs, interventions=interventions, record=record, layers=layers, positions=positions,
-                        grad=grad)
+        view = PrefixRows(prefix, prefix.rows(rows))
+        return self.run(None, interventions=interventions, record=record, layers=layers, positions=positions,
+                        grad=grad, prefix=view)
 
-    def _plain_run(self, inputs: dict, record_names: Sequence[str]) -> tuple[torch.Tensor | None, Cache]:
+
+    def _plain_run(self, inputs: dict, record_names: Sequence[str], prefix=None) -> tuple[torch.Tensor | None, Cache]:
         """A pass with no interventions at all (for pre-passes), recording full hook names. It stops as
         soon as every requested value is recorded (the later layers cannot change them), so logits are
         None unless nothing was requested."""
@@ -258,11 +257,12 @@ class Model:
             return x
 
         ops = {name: [_recorder(cache, name, None, False), stop_when_done] for name in record_names}
-        saved = (self.hooks.ops, self.hooks.ctx)
-        self.hooks.set(ops, RunContext(tokens=inputs.get("tokens")))
+        active = {layer for site, layer in map(parse_hook_name, record_names) if site in HEAD_SITES}
+        saved = self.hooks.state()
+        self.hooks.set(ops, RunContext(tokens=inputs.get("tokens"), prefix=prefix), active)
         logits = None
         try:
-            logits = self._forward(**inputs)
+            logits = self._forward(inputs, prefix=prefix)
         except _Done:
             pass
         finally:
@@ -312,10 +312,6 @@ class Model:
             if lo < 0 or hi >= self.vocab_size:
                 raise IclscopeError(f"a token id is outside the vocabulary of {self.vocab_size} (min {lo}, max {hi})")
         return d
-
-    @staticmethod
-    def _seq_len(inputs: dict) -> int:
-        return inputs["tokens"].shape[1]
 
 
 class PrefixCache:
@@ -421,4 +417,4 @@ def head_means(model: Model, inputs: Any, positions=-1, batch_size: int = 32) ->
     return (total / count).to(model.dtype)
 
 
-__all__ = ["Cache", "HookPoints", "Model", "PrefixCache", "head_means", "HEAD_SITES"]
+__all__ = ["Cache", "HookPoints", "Model", "PrefixCache", "PrefixRows", "head_means"]

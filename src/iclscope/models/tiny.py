@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..errors import IclscopeError
+from ..sites import layer_names
 from .base import HookPoints, Model
 
 CONFIG_FILE = "iclscope.json"
@@ -118,10 +119,7 @@ class Block(nn.Module):
         if cfg.d_mlp:
             self.ln2 = LayerNorm(R, cfg.d_model) if cfg.layernorm else None
             self.mlp_in, self.mlp_out = Linear(R, cfg.d_model, cfg.d_mlp), Linear(R, cfg.d_mlp, cfg.d_model)
-        p = f"blocks.{layer}."
-        self.names = {k: p + v for k, v in dict(resid_pre="hook_resid_pre", q="attn.hook_q", k="attn.hook_k",
-                                                 v="attn.hook_v", pattern="attn.hook_pattern", z="attn.hook_z",
-                                                 attn_out="hook_attn_out", resid_post="hook_resid_post").items()}
+        self.names = layer_names(layer)
 
     def forward(self, x: torch.Tensor, rope, mask: torch.Tensor, past=None, kv_out=None) -> torch.Tensor:
         """x (R*B, T, d_model) -> (R*B, T, d_model); rope: (cos, sin) or None; mask (T, P+T) additive causal.
@@ -253,6 +251,7 @@ class TinyModel(Model):
     """The head interface over a ``TinyTransformer`` (an ensemble of R models when n_models > 1)."""
 
     family = "tiny"
+    supports_padding = False
 
     def __init__(self, cfg: TinyConfig | dict | None = None, seed: int | None = None, n_models: int = 1,
                  seeds=None, module: TinyTransformer | None = None):
@@ -267,8 +266,14 @@ class TinyModel(Model):
         c = self.cfg
         self.n_layers, self.n_heads, self.n_kv_heads = c.n_layers, c.n_heads, c.n_heads
         self.d_model, self.d_head, self.vocab_size = c.d_model, c.d_model // c.n_heads, c.vocab_size
+        self.n_ctx = c.n_ctx
 
-    def _forward(self, tokens, vectors=None, vector_mask=None, attention_mask=None, prefix=None, kv_out=None):
+    def _forward(self, inputs: dict, prefix=None, kv_out=None):
+        extra = sorted(set(inputs) - {"tokens", "vectors", "vector_mask", "attention_mask"})
+        if extra:
+            raise IclscopeError(f"the tiny model takes tokens, vectors, vector_mask and attention_mask, not {extra}")
+        tokens, vectors, vector_mask = inputs["tokens"], inputs.get("vectors"), inputs.get("vector_mask")
+        attention_mask = inputs.get("attention_mask")
         if attention_mask is not None and not bool(attention_mask.bool().all()):
             raise IclscopeError("the tiny model has no padding support: its prompts must all have the same length "
                                 "(an attention_mask with zeros was given)")

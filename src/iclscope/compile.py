@@ -1,0 +1,334 @@
+"""Interventions -> per-hook functions: the compiler, the run context and the pre-pass plan.
+
+``compile_interventions(interventions, model)`` validates a list of interventions (plain data from
+``iclscope.interventions``) against a model's shape and returns a ``Plan``:
+
+- ``ops``: hook name -> list of ``f(x, ctx) -> x``, in application order (what ``HookPoints`` calls);
+- ``head_layers``: the layers whose per-head sites are hooked (there, attention runs eagerly);
+- ``prepasses``: source -> (model to run, hook names it must record): ``CleanRun`` runs this model
+  without interventions, ``FrozenModel(m)`` runs ``m``; each pre-pass stops after the last site it needs.
+
+Each site op builds a boolean mask over (batch row, position, head), cached per input shape, and uses
+``torch.where(mask, value.detach(), x)``: replaced entries get no gradient, the rest train. Nothing here
+imports a model family: a model is anything with n_layers, n_heads, d_head and d_model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .errors import IclscopeError
+from .interventions import (AddVector, BatchMean, CleanRun, ClampPattern, Constant, FromCache, FrozenModel,
+                            Head, Patch, Positions, Vectors)
+from .patterns import induction_targets, previous_token_pattern, targeted_pattern
+from .sites import HEAD_SITES, LAYER_SITES, SITES, hook_name
+
+
+@dataclass
+class RunContext:
+    """What the hook functions of one forward pass may read: the token ids, the pre-pass caches, and on
+    the final-token path the prefix view (``models.base.PrefixRows``) the attention code reads."""
+
+    tokens: torch.Tensor | None = None  # (B, T) int64, where the input has tokens
+    caches: dict = field(default_factory=dict)  # CleanRun() or FrozenModel(m) -> Cache
+    prefix: Any = None
+
+
+@dataclass
+class Plan:
+    """A compiled list of interventions (see the module docstring)."""
+
+    ops: dict[str, list[Callable]] = field(default_factory=dict)
+    head_layers: set[int] = field(default_factory=set)
+    prepasses: dict[Any, tuple[Any, set]] = field(default_factory=dict)
+
+    def extend(self, other: "Plan") -> "Plan":
+        """A new plan: this one's ops first at each hook, then ``other``'s."""
+        ops = {k: list(v) for k, v in self.ops.items()}
+        for name, fns in other.ops.items():
+            ops.setdefault(name, []).extend(fns)
+        pre = {k: (m, set(n)) for k, (m, n) in self.prepasses.items()}
+        for key, (m, names) in other.prepasses.items():
+            pre.setdefault(key, (m, set()))[1].update(names)
+        return Plan(ops, self.head_layers | other.head_layers, pre)
+
+
+def positions_index(positions: Positions, T: int) -> torch.Tensor | None:
+    """Normalise positions to a sorted int64 index tensor in [0, T), or None for all positions."""
+    if positions is None:
+        return None
+    if isinstance(positions, slice):
+        idx = list(range(T))[positions]
+    elif isinstance(positions, int):
+        idx = [positions]
+    elif isinstance(positions, torch.Tensor):
+        idx = positions.reshape(-1).tolist()
+    else:
+        idx = list(positions)
+    out = []
+    for p in idx:
+        p = int(p)
+        q = p + T if p < 0 else p
+        if not 0 <= q < T:
+            raise IclscopeError(f"position {p} is beyond the sequence of length {T}")
+        out.append(q)
+    return torch.tensor(sorted(set(out)), dtype=torch.long)
+
+
+def _check_heads(heads, model, what: str) -> list[Head]:
+    if heads is None:
+        raise IclscopeError(f"{what} needs heads=[(layer, head), ...]")
+    out = []
+    for lh in heads:
+        try:
+            layer, head = (int(v) for v in lh)
+        except (TypeError, ValueError):
+            raise IclscopeError(f"{what}: a head is a (layer, head) pair, got {lh!r}") from None
+        _check_layer(layer, model, what)
+        if not 0 <= head < model.n_heads:
+            raise IclscopeError(f"{what}: head {head} is out of range: the model has {model.n_heads} heads "
+                                f"per layer (0..{model.n_heads - 1})")
+        out.append((layer, head))
+    return out
+
+
+def _check_layer(layer: int, model, what: str) -> int:
+    if not 0 <= int(layer) < model.n_layers:
+        raise IclscopeError(f"{what}: layer {layer} is out of range: the model has {model.n_layers} layers "
+                            f"(0..{model.n_layers - 1})")
+    return int(layer)
+
+
+class _SiteOp:
+    """Replace (or add to) entries of one site at one layer. Masks are cached per input shape."""
+
+    def __init__(self, site, layer, entries, rows, positions, value_fn, add=False):
+        self.site, self.layer, self.entries, self.rows = site, layer, entries, rows  # entries: head indices or None
+        self.positions, self.value_fn, self.add = positions, value_fn, add
+        self._mask_cache: dict = {}
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.device)
+        m = self._mask_cache.get(key)
+        if m is not None:
+            return m
+        head_site = self.site in HEAD_SITES
+        B = x.shape[0]
+        T = x.shape[2] if self.site == "pattern" else x.shape[1]
+        pos = positions_index(self.positions, T)
+        pos = torch.arange(T) if pos is None else pos
+        if self.site == "pattern":  # (B, H, Tq, Tk) -> mask (B|1, H, Tq, 1)
+            shape = (B if self.rows is not None else 1, x.shape[1], T, 1)
+        elif head_site:  # (B, T, H, D) -> mask (B|1, T, H, 1)
+            shape = (B if self.rows is not None else 1, T, x.shape[2], 1)
+        else:  # (B, T, d) -> mask (B|1, T, 1)
+            shape = (B if self.rows is not None else 1, T, 1)
+        m = torch.zeros(shape, dtype=torch.bool)
+        if self.rows is not None:
+            rows = torch.tensor(self.rows, dtype=torch.long)
+            if rows.numel() and (rows.max() >= B or rows.min() < 0):
+                raise IclscopeError(f"rows={list(self.rows)} name a batch row beyond the batch of {B}")
+            if head_site:
+                heads = torch.tensor(self.entries, dtype=torch.long)
+                if self.site == "pattern":
+                    m[rows[:, None], heads[:, None], pos[None, :]] = True
+                else:
+                    m[rows[:, None], pos[None, :], heads[:, None]] = True
+            else:
+                m[rows[:, None], pos[None, :]] = True
+        elif head_site:
+            heads = torch.tensor(sorted(set(self.entries)), dtype=torch.long)
+            if self.site == "pattern":
+                m[:, heads[:, None], pos[None, :]] = True
+            else:
+                m[:, pos[:, None], heads[None, :]] = True
+        else:
+            m[:, pos] = True
+        m = m.to(x.device)
+        self._mask_cache[key] = m
+        return m
+
+    def __call__(self, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        value = self.value_fn(x, ctx)
+        extra = None
+        if isinstance(value, tuple):  # (value, mask of the entries the value defines)
+            value, extra = value
+        if self.add:
+            return x + torch.where(self.mask(x), value.to(x.dtype).detach(), torch.zeros((), dtype=x.dtype,
+                                                                                         device=x.device))
+        mask = self.mask(x)
+        if extra is not None:
+            mask = mask & extra
+        return torch.where(mask, value.to(x.dtype).detach(), x)
+
+
+def _head_vectors(src: torch.Tensor, site_heads: list[int], idx_in_list: list[int], layer: int,
+                  rows, n_heads_total: int, B: int, dtype, device) -> torch.Tensor:
+    """Per-head replacement vectors laid out to broadcast over (B|1, T, H, D)."""
+    d = src.shape[-1]
+    if src.dim() == 3:  # (n_layers, n_heads, d_head)
+        vecs = src[layer, site_heads]
+    else:  # (len(heads), d_head)
+        vecs = src[idx_in_list]
+    V = torch.zeros(B if rows is not None else 1, 1, n_heads_total, d, dtype=dtype, device=device)
+    if rows is not None:
+        V[torch.tensor(rows, dtype=torch.long), 0, torch.tensor(site_heads, dtype=torch.long)] = vecs.to(device, dtype)
+    else:
+        V[0, 0, torch.tensor(site_heads, dtype=torch.long)] = vecs.to(device, dtype)
+    return V
+
+
+def _patch_ops(p: Patch, model) -> list[tuple[str, Callable]]:
+    site = p.site
+    if site not in SITES:
+        raise IclscopeError(f"unknown site {site!r}; sites are {', '.join(SITES)}")
+    head_site = site in HEAD_SITES
+    what = f"{type(p).__name__}({site})"
+    if head_site:
+        heads = _check_heads(p.heads, model, what)
+        entries_by_layer: dict[int, list[int]] = {}
+        for i, (layer, head) in enumerate(heads):
+            entries_by_layer.setdefault(layer, []).append(i)
+        keyed = [(layer, idxs) for layer, idxs in entries_by_layer.items()]
+    else:
+        if p.layers is None:
+            raise IclscopeError(f"{what} needs layers=[...]")
+        layers = [_check_layer(layer, model, what) for layer in p.layers]
+        heads = None
+        keyed = [(layer, [i for i, l2 in enumerate(layers) if l2 == layer]) for layer in sorted(set(layers))]
+    if p.rows is not None and len(p.rows) != len(heads if head_site else p.layers):
+        raise IclscopeError(f"{what}: rows has {len(p.rows)} entries but there are "
+                            f"{len(heads if head_site else p.layers)} heads/layers to patch")
+    src = p.source
+    if isinstance(src, Vectors):
+        want = ((model.n_layers, model.n_heads, model.d_head), (len(heads), model.d_head)) if head_site and site != "pattern" \
+            else ((model.d_model,), (len(p.layers or []), model.d_model))
+        if site == "pattern" or tuple(src.values.shape) not in want:
+            raise IclscopeError(f"{what}: a tensor source must have shape "
+                                f"{' or '.join(str(w) for w in want)}, got {tuple(src.values.shape)}"
+                                + (" (clamp patterns with ClampPattern)" if site == "pattern" else ""))
+    elif isinstance(src, FrozenModel):
+        m = src.model
+        if (m.n_layers, m.d_model) != (model.n_layers, model.d_model):
+            raise IclscopeError(f"{what}: the source model has {m.n_layers} layers of width {m.d_model}; "
+                                f"this one has {model.n_layers} of width {model.d_model}")
+
+    ops = []
+    for layer, idxs in keyed:
+        name = hook_name(site, layer)
+        site_heads = [heads[i][1] for i in idxs] if head_site else None
+        rows = [p.rows[i] for i in idxs] if p.rows is not None else None
+        ops.append((name, _SiteOp(site, layer, site_heads, rows, p.positions,
+                                  _value_fn(src, what, name, layer, idxs, site_heads, rows, head_site))))
+    return ops
+
+
+def _value_fn(src, what, name, layer, idxs, site_heads, rows, head_site) -> Callable:
+    """f(x, ctx) -> the replacing value for one site op, by source type."""
+    if isinstance(src, Constant):
+        return lambda x, ctx: torch.tensor(float(src.value), dtype=x.dtype, device=x.device)
+    if isinstance(src, BatchMean):
+        return lambda x, ctx: x.detach().mean(0, keepdim=True)
+    if isinstance(src, Vectors):
+        vals = src.values
+        if head_site:
+            return lambda x, ctx: _head_vectors(vals, site_heads, idxs, layer, rows, x.shape[2], x.shape[0],
+                                                x.dtype, x.device)
+        vec = vals if vals.dim() == 1 else vals[idxs[0]]
+        return lambda x, ctx: vec.to(x.device, x.dtype)
+
+    def from_cache(x, ctx):
+        cache = src.cache if isinstance(src, FromCache) else ctx.caches[src]
+        if name not in cache:
+            raise IclscopeError(f"{what}: the source cache has no {name!r}")
+        val = cache[name]
+        if val.shape[1:] != x.shape[1:] or val.shape[0] not in (1, x.shape[0]):
+            raise IclscopeError(f"{what}: the source cache's {name} has shape {tuple(val.shape)}, but "
+                                f"the run has {tuple(x.shape)}")
+        return val.to(x.device)
+
+    return from_cache
+
+
+def _add_ops(a: AddVector, model) -> list[tuple[str, Callable]]:
+    if a.site not in LAYER_SITES:
+        raise IclscopeError(f"AddVector: site must be one of {', '.join(LAYER_SITES)}, got {a.site!r}")
+    layer = _check_layer(a.layer, model, "AddVector")
+    vec = torch.as_tensor(a.vector)
+    if tuple(vec.shape) != (model.d_model,):
+        raise IclscopeError(f"AddVector: the vector must have shape ({model.d_model},), got {tuple(vec.shape)}")
+
+    def value_fn(x, ctx):
+        return (a.scale * vec).to(x.device, x.dtype)
+
+    return [(hook_name(a.site, layer), _SiteOp(a.site, layer, None, None, a.positions, value_fn, add=True))]
+
+
+def _clamp_ops(c: ClampPattern, model) -> list[tuple[str, Callable]]:
+    heads = _check_heads(c.heads, model, "ClampPattern")
+    if c.rows is not None and len(c.rows) != len(heads):
+        raise IclscopeError(f"ClampPattern: rows has {len(c.rows)} entries for {len(heads)} heads")
+    kind = c.pattern
+    if isinstance(kind, str) and kind not in ("prev_token", "induction"):
+        raise IclscopeError(f"ClampPattern: pattern must be 'prev_token', 'induction' or a tensor, got {kind!r}")
+    if not 0.0 <= float(c.strength) <= 1.0:
+        raise IclscopeError(f"ClampPattern: strength must lie in [0, 1], got {c.strength}")
+    by_layer: dict[int, list[int]] = {}
+    for i, (layer, _) in enumerate(heads):
+        by_layer.setdefault(layer, []).append(i)
+
+    def value_fn(x, ctx):  # x: (B, H, Tq, Tk) -> (B|1, 1, Tq, Tk)
+        Tq, Tk = x.shape[-2:]
+        if isinstance(kind, torch.Tensor):
+            pat = kind.to(x.device)
+            if pat.shape[-2:] != (Tq, Tk) or pat.dim() not in (2, 3) or (pat.dim() == 3 and pat.shape[0] not in (1, x.shape[0])):
+                raise IclscopeError(f"ClampPattern: the pattern has shape {tuple(pat.shape)}; the run needs "
+                                    f"({Tq}, {Tk}) or ({x.shape[0]}, {Tq}, {Tk})")
+            return (pat if pat.dim() == 3 else pat[None])[:, None]
+        if Tq != Tk:
+            raise IclscopeError("ClampPattern with an ideal pattern needs a full pass (no key/value cache)")
+        if kind == "prev_token":
+            return previous_token_pattern(Tq, device=x.device, strength=c.strength)[None, None]
+        if ctx.tokens is None:
+            raise IclscopeError("ClampPattern('induction') needs token inputs; give a pattern tensor instead")
+        targets = induction_targets(ctx.tokens.to(x.device))  # (B, T)
+        pat = targeted_pattern(targets, Tq, c.strength)[:, None]  # (B, 1, T, T)
+        return pat, (targets >= 0)[:, None, :, None]  # rows with no earlier occurrence are left alone
+
+    ops = []
+    for layer, idxs in by_layer.items():
+        rows = [c.rows[i] for i in idxs] if c.rows is not None else None
+        ops.append((hook_name("pattern", layer),
+                    _SiteOp("pattern", layer, [heads[i][1] for i in idxs], rows, c.positions, value_fn)))
+    return ops
+
+
+def compile_interventions(interventions: Sequence, model) -> Plan:
+    """Validate a list of interventions against a model and turn it into a ``Plan`` (module docstring)."""
+    plan = Plan()
+    for item in interventions:
+        if not hasattr(item, "patches"):
+            raise IclscopeError(f"not an intervention: {item!r}")
+        for p in item.patches():
+            if isinstance(p, Patch):
+                new = _patch_ops(p, model)
+                if isinstance(p.source, (CleanRun, FrozenModel)):
+                    runner = None if isinstance(p.source, CleanRun) else p.source.model
+                    plan.prepasses.setdefault(p.source, (runner, set()))[1].update(name for name, _ in new)
+            elif isinstance(p, AddVector):
+                new = _add_ops(p, model)
+            elif isinstance(p, ClampPattern):
+                new = _clamp_ops(p, model)
+            else:  # pragma: no cover - patches() only returns the kinds above
+                raise IclscopeError(f"not an intervention: {p!r}")
+            for name, fn in new:
+                plan.ops.setdefault(name, []).append(fn)
+                if fn.site in HEAD_SITES:
+                    plan.head_layers.add(fn.layer)
+    return plan
+
+
+__all__ = ["Plan", "RunContext", "compile_interventions", "positions_index"]

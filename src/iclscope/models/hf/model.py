@@ -1,0 +1,147 @@
+"""``HFModel``: the head interface over a Hugging Face causal LM.
+
+Attention goes through the one registered function of ``attention.py``; residual-stream sites
+(resid_pre, attn_out, resid_post) are torch forward hooks on the decoder layers and attention modules,
+registered once, each one dict lookup when unused. The only per-family facts are where the decoder
+layers, attention modules and output projections live (``_LAYOUTS``); a family whose attention does not
+route through the interface is refused at load time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...errors import IclscopeError
+from ...sites import hook_name
+from ..base import HookPoints, Model, PrefixRows
+from .attention import ATTN_IMPL, register
+
+# family (config.model_type) -> (decoder layers path, attention module name in a layer, output projection name)
+_LAYOUTS = {
+    "gpt2": ("transformer.h", "attn", "c_proj"),
+    "gpt_neox": ("gpt_neox.layers", "attention", "dense"),
+}
+_DEFAULT_LAYOUT = ("model.layers", "self_attn", "o_proj")
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class HFModel(Model):
+    """The head interface over a ``transformers`` causal LM (``module``)."""
+
+    def __init__(self, module, tokenizer=None, name: str = "?"):
+        super().__init__()
+        register()
+        cfg = module.config
+        self.module, self.tokenizer, self.name = module, tokenizer, name
+        self.family = cfg.model_type
+        self.hooks = HookPoints()
+        self.n_layers = cfg.num_hidden_layers
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.d_model = cfg.hidden_size
+        self.d_head = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
+        self.vocab_size = cfg.vocab_size
+        self.n_ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        self.bos_token_id = (tokenizer.bos_token_id if tokenizer is not None and tokenizer.bos_token_id is not None
+                             else getattr(cfg, "bos_token_id", None))
+        layers_path, attn_name, proj_name = _LAYOUTS.get(self.family, _DEFAULT_LAYOUT)
+        try:
+            self.layers = _get(module, layers_path)
+            self.attns = [getattr(layer, attn_name) for layer in self.layers]
+            self.projs = [getattr(a, proj_name) for a in self.attns]
+        except AttributeError:
+            raise IclscopeError(f"model family {self.family!r} is not supported: its decoder layers are not at "
+                                f"{layers_path}.N.{attn_name}.{proj_name}") from None
+        if len(self.layers) != self.n_layers:
+            raise IclscopeError(f"{name}: found {len(self.layers)} decoder layers, config says {self.n_layers}")
+        module.set_attn_implementation(ATTN_IMPL)
+        for i, (layer, attn) in enumerate(zip(self.layers, self.attns)):
+            attn._iclscope_hooks = self.hooks  # wiring, set once: the run's state lives in self.hooks
+            if getattr(attn, "layer_idx", None) != i:
+                attn.layer_idx = i
+            layer.register_forward_pre_hook(self._pre_hook(hook_name("resid_pre", i)), with_kwargs=True)
+            layer.register_forward_hook(self._post_hook(hook_name("resid_post", i)))
+            attn.register_forward_hook(self._post_hook(hook_name("attn_out", i)))
+        module.eval()
+        self._check_routing()
+
+    def _pre_hook(self, name):
+        hooks = self.hooks
+
+        def pre(mod, args, kwargs):
+            if name not in hooks.ops:
+                return None
+            if args:
+                return (hooks(name, args[0]),) + tuple(args[1:]), kwargs
+            kwargs = dict(kwargs)
+            kwargs["hidden_states"] = hooks(name, kwargs["hidden_states"])
+            return args, kwargs
+
+        return pre
+
+    def _post_hook(self, name):
+        hooks = self.hooks
+
+        def post(mod, args, output):
+            if name not in hooks.ops:
+                return None
+            if isinstance(output, tuple):
+                return (hooks(name, output[0]),) + tuple(output[1:])
+            return hooks(name, output)
+
+        return post
+
+    def _check_routing(self) -> None:
+        """Refuse a family whose attention does not go through the AttentionInterface."""
+        tokens = torch.zeros(1, 2, dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            _, cache = self.run(tokens, record=["z"])
+        if len(cache) != self.n_layers:
+            raise IclscopeError(f"model family {self.family!r} is not supported: its attention does not run "
+                                f"through transformers' AttentionInterface (saw {len(cache)} of {self.n_layers} layers)")
+
+    def _forward(self, inputs: dict, prefix: PrefixRows | None = None, kv_out: dict | None = None) -> torch.Tensor:
+        tokens, attention_mask = inputs["tokens"], inputs.get("attention_mask")
+        extra = sorted(set(inputs) - {"tokens", "attention_mask"})
+        if extra:
+            raise IclscopeError(f"{self.family} models take token ids and an attention_mask, not {extra}")
+        if prefix is not None:
+            return self._forward_last(tokens, prefix)
+        kwargs = {}
+        if attention_mask is not None:  # left padding: positions count real tokens only
+            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if kv_out is None:
+            return self.module(input_ids=tokens, attention_mask=attention_mask, use_cache=False, **kwargs).logits
+        # prefix_cache: keep transformers' own key/value cache, minus the final position
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        pkv = DynamicCache(config=self.module.config)
+        out = self.module(input_ids=tokens, attention_mask=attention_mask, use_cache=True, past_key_values=pkv,
+                          **kwargs)
+        pkv = out.past_key_values
+        if len(pkv.layers) != self.n_layers or any(type(layer) is not DynamicLayer for layer in pkv.layers):
+            raise IclscopeError(f"prefix caches need plain full attention in every layer; {self.family} uses "
+                                f"{sorted({type(layer).__name__ for layer in pkv.layers})}")
+        for i, layer in enumerate(pkv.layers):
+            kv_out[i] = (layer.keys[:, :, :-1], layer.values[:, :, :-1])  # (B, KVH, T-1, D)
+        return out.logits
+
+    def _forward_last(self, tokens: torch.Tensor, prefix: PrefixRows) -> torch.Tensor:
+        """The final token (B', 1) against a PrefixRows view: the attention function reads the cached
+        keys/values from the run context; positions come from the prefix's attention mask."""
+        if tokens.shape[1] != 1:
+            raise IclscopeError("a prefix-cache run takes exactly one new token per row")
+        B, T = tokens.shape[0], prefix.cache.seq_len
+        pos = prefix.select(prefix.cache.position_ids)
+        if pos is None:
+            pos = torch.full((B, 1), T - 1, dtype=torch.long, device=tokens.device)
+        return self.module(input_ids=tokens, position_ids=pos.to(tokens.device), use_cache=False).logits
+
+    def out_proj(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        return self.projs[layer](z.reshape(*z.shape[:-2], self.n_heads * self.d_head))

@@ -1,0 +1,105 @@
+"""Random models of each family (no download), from the family's config class, with a byte-level
+tokenizer built locally; and ``plain_copy``, the same weights in a stock transformers module (for checks)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ...errors import IclscopeError
+from .attention import ATTN_IMPL, register
+from .model import HFModel
+
+RANDOM_FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen2")
+RANDOM_OPTIONS = ("layers", "heads", "d_model", "kv_heads", "seed", "n_ctx")
+
+
+def byte_tokenizer():
+    """A real byte-level BPE tokenizer with no merges: 256 byte tokens + "<|endoftext|>" (id 256).
+
+    Same leading-space convention as GPT-2 (" Paris" starts with the byte token for a space)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    byte_chars = _bytes_to_unicode()
+    vocab = {byte_chars[b]: b for b in range(256)}
+    assert set(vocab) == set(alphabet)
+    vocab["<|endoftext|>"] = 256
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def random_config(family: str, layers: int = 2, heads: int = 4, d_model: int = 64, kv_heads: int | None = None,
+                  vocab: int = 257, n_ctx: int = 512):
+    """A small config of ``family``. llama and qwen2 default to grouped-query attention (kv_heads = heads/2)."""
+    import transformers as tf
+
+    if family not in RANDOM_FAMILIES:
+        raise IclscopeError(f"unknown family {family!r} for random:<family>; choose from {', '.join(RANDOM_FAMILIES)}")
+    common = dict(vocab_size=vocab, bos_token_id=256, eos_token_id=256)
+    if family == "gpt2":
+        return tf.GPT2Config(n_layer=layers, n_head=heads, n_embd=d_model, n_positions=n_ctx, **common)
+    if family == "gpt_neox":  # Pythia's shape: partial rotary, parallel residual
+        return tf.GPTNeoXConfig(num_hidden_layers=layers, num_attention_heads=heads, hidden_size=d_model,
+                                intermediate_size=4 * d_model, max_position_embeddings=n_ctx, rotary_pct=0.25,
+                                use_parallel_residual=True, **common)
+    kv = kv_heads or max(1, heads // 2)
+    if heads % kv:
+        raise IclscopeError(f"heads={heads} is not a multiple of kv_heads={kv}")
+    cls = tf.LlamaConfig if family == "llama" else tf.Qwen2Config
+    return cls(num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv, hidden_size=d_model,
+               intermediate_size=4 * d_model, max_position_embeddings=n_ctx, **common)
+
+
+def load_random(spec: str, dtype=None, device=None) -> HFModel:
+    """``random:<family>[:key=value,...]`` e.g. ``random:llama:layers=4,heads=8,kv_heads=2,seed=1``."""
+    from transformers import AutoModelForCausalLM
+
+    parts = spec.split(":", 2)
+    family = parts[1] if len(parts) > 1 else ""
+    opts: dict = {}
+    if len(parts) == 3 and parts[2]:
+        for kv in parts[2].split(","):
+            k, _, v = kv.partition("=")
+            if k not in RANDOM_OPTIONS or not v.lstrip("-").isdigit():
+                raise IclscopeError(f"{spec}: bad option {kv!r}; options are layers, heads, d_model, kv_heads, "
+                                    f"n_ctx, seed (integers)")
+            opts[k] = int(v)
+    seed = opts.pop("seed", 0)
+    cfg = random_config(family, **opts)
+    register()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = AutoModelForCausalLM.from_config(cfg, attn_implementation=ATTN_IMPL)
+    module.to(device=device, dtype=dtype)
+    return HFModel(module, byte_tokenizer(), name=spec)
+
+
+def plain_copy(model: HFModel, attn_implementation: str = "eager"):
+    """The same weights in a stock transformers module with no iclscope attention (for checks)."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(model.module.config)
+    plain = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation)
+    plain.load_state_dict(model.module.state_dict())
+    return plain.to(model.device, model.dtype).eval()
+
+
