@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .errors import IclscopeError
+from .heads import check_heads as _check_heads, check_layer as _check_layer
 from .interventions import (AddVector, BatchMean, CleanRun, ClampPattern, Constant, FromCache, FrozenModel,
                             Head, Patch, Positions, Vectors)
 from .patterns import induction_targets, previous_token_pattern, targeted_pattern
@@ -76,30 +77,6 @@ def positions_index(positions: Positions, T: int) -> torch.Tensor | None:
             raise IclscopeError(f"position {p} is beyond the sequence of length {T}")
         out.append(q)
     return torch.tensor(sorted(set(out)), dtype=torch.long)
-
-
-def _check_heads(heads, model, what: str) -> list[Head]:
-    if heads is None:
-        raise IclscopeError(f"{what} needs heads=[(layer, head), ...]")
-    out = []
-    for lh in heads:
-        try:
-            layer, head = (int(v) for v in lh)
-        except (TypeError, ValueError):
-            raise IclscopeError(f"{what}: a head is a (layer, head) pair, got {lh!r}") from None
-        _check_layer(layer, model, what)
-        if not 0 <= head < model.n_heads:
-            raise IclscopeError(f"{what}: head {head} is out of range: the model has {model.n_heads} heads "
-                                f"per layer (0..{model.n_heads - 1})")
-        out.append((layer, head))
-    return out
-
-
-def _check_layer(layer: int, model, what: str) -> int:
-    if not 0 <= int(layer) < model.n_layers:
-        raise IclscopeError(f"{what}: layer {layer} is out of range: the model has {model.n_layers} layers "
-                            f"(0..{model.n_layers - 1})")
-    return int(layer)
 
 
 class _SiteOp:

@@ -41,6 +41,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from ..errors import IclscopeError
+from ..heads import all_heads, check_heads, top_heads
 from ..interventions import Patch
 from ..models.base import head_means
 
@@ -95,11 +96,8 @@ class FVResult:
 
     def top(self, k: int) -> list[Head]:
         """The k heads with the highest mean score, best first (unscored heads never)."""
-        flat = self.scores.flatten().nan_to_num(float("-inf"))
         n = int((~self.scores.isnan()).sum())
-        idx = flat.argsort(descending=True, stable=True)[: min(k, n)]
-        H = self.scores.shape[1]
-        return [(int(i) // H, int(i) % H) for i in idx]
+        return top_heads(self.scores, min(k, n))
 
     def to_frame(self):
         """A long pandas table: task ("mean" for the mean over tasks), layer, head, score, sem."""
@@ -226,17 +224,8 @@ def _task_pairs(tasks) -> list[tuple[str, Any, Any]]:
 
 def _heads(model, heads) -> list[Head]:
     if heads is None:
-        return [(layer, h) for layer in range(model.n_layers) for h in range(model.n_heads)]
-    out = []
-    for lh in heads:
-        layer, h = (int(v) for v in lh)
-        if not (0 <= layer < model.n_layers and 0 <= h < model.n_heads):
-            raise IclscopeError(f"head {(layer, h)} is out of range: the model has {model.n_layers} layers of "
-                                f"{model.n_heads} heads")
-        out.append((layer, h))
-    if not out:
-        raise IclscopeError("heads is empty")
-    return out
+        return all_heads(model)
+    return check_heads(heads, model, "heads", empty_ok=False)
 
 
 def _chunks(batch, batch_size: int, device) -> Iterator[tuple[dict, torch.Tensor, slice]]:
