@@ -26,7 +26,8 @@ Rules (beyond each dataclass's own ``__post_init__`` checks, which are all kept)
   not silently ignored), and must carry the ones it needs (``heads`` for head sites, ``layers`` for
   layer sites, ``source`` for a Graft).
 
-This module imports neither torch nor the trainer, so the CLI can use its types at parse time.
+This module does not import the trainer (it is what the trainer calls), nor torch itself: the
+dataclass cross-check and :func:`check_device` import what they need when called.
 """
 
 from __future__ import annotations
