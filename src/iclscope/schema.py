@@ -156,14 +156,16 @@ class FewShotSection(_Section):
     @model_validator(mode="after")
     def _counts(self):
         need = self.context_pairs + (1 if self.bursty < 1 else 0)
-        why = f"each sequence needs {need} distinct" + (" (context_pairs + 1, as bursty < 1)" if self.bursty < 1
-                                                         else " (context_pairs)")
+        why = (f"context_pairs = {self.context_pairs}" + (", plus one for the query as bursty < 1" if self.bursty < 1
+                                                          else ""))
         if self.n_labels < need:
-            raise _Cross("n_labels", self.n_labels, f"expected >= {need}: {why} labels")
+            raise _Cross("n_labels", self.n_labels, f"expected >= {need}: a sequence draws {need} distinct labels ({why})")
         if self.n_classes < need:
-            raise _Cross("n_classes", self.n_classes, f"expected >= {need}: {why} classes")
+            raise _Cross("n_classes", self.n_classes, f"expected >= {need}: a sequence draws {need} distinct "
+                         f"classes ({why})")
         if self.n_heldout_classes != 0 and self.n_heldout_classes < need:
-            raise _Cross("n_heldout_classes", self.n_heldout_classes, f"expected 0 or >= {need}: {why} classes")
+            raise _Cross("n_heldout_classes", self.n_heldout_classes, f"expected 0 or >= {need}: a sequence draws "
+                         f"{need} distinct classes ({why})")
         n_pairs = self.n_labels * (self.n_labels - 1) // 2
         if self.heldout_label_pairs >= n_pairs:
             raise _Cross("heldout_label_pairs", self.heldout_label_pairs,
@@ -421,7 +423,8 @@ def _check(model: type[BaseModel], raw: dict, prefix: str, other_keys: dict | No
 
 def _table(value: Any, key: str) -> dict:
     if not isinstance(value, dict):
-        raise IclscopeError(f"{key} = {_show(value)}: expected a table ([{key}] in TOML)")
+        toml = "a [[clamp]] entry" if key.startswith("clamp[") else f"[{key}] in TOML"
+        raise IclscopeError(f"{key} = {_show(value)}: expected a table ({toml})")
     return value
 
 
