@@ -24,17 +24,11 @@ from typing import Any, Sequence
 
 import torch
 
+from .batch import rows as batch_rows
 from .errors import IclscopeError
 
 __all__ = ["icl_accuracy", "icl_generate_f1", "token_f1", "normalize_answer", "token_loss_difference",
            "load_text_documents"]
-
-
-def _batch_inputs(batch, sl: slice, device) -> dict:
-    inputs = {"input_ids": batch.input_ids[sl].to(device)}
-    if getattr(batch, "attention_mask", None) is not None:
-        inputs["attention_mask"] = batch.attention_mask[sl].to(device)
-    return inputs
 
 
 def _check_batch(batch, what: str) -> None:
@@ -62,7 +56,7 @@ def icl_accuracy(model, batch, interventions: Sequence = (), batch_size: int = 3
     with torch.no_grad():
         for i in range(0, N, batch_size):
             sl = slice(i, min(N, i + batch_size))
-            logits = model.run(_batch_inputs(batch, sl, model.device), interventions=interventions)[0][:, -1].float()
+            logits = model.run(batch_rows(batch, sl, model.device), interventions=interventions)[0][:, -1].float()
             ans = batch.answer_first_token[sl].to(logits.device)
             a = logits.gather(-1, ans[:, None])  # (B, 1)
             ids = torch.arange(logits.shape[-1], device=logits.device)
@@ -105,7 +99,7 @@ def _greedy(model, batch, max_new_tokens: int, interventions, batch_size: int) -
     with torch.no_grad():
         for i in range(0, N, batch_size):
             sl = slice(i, min(N, i + batch_size))
-            inputs = _batch_inputs(batch, sl, model.device)
+            inputs = batch_rows(batch, sl, model.device)
             ids, mask = inputs["input_ids"], inputs.get("attention_mask")
             for step in range(max_new_tokens):
                 d = {"input_ids": ids} if mask is None else {"input_ids": ids, "attention_mask": mask}

@@ -201,6 +201,10 @@ class TokenBatch:
     def __len__(self) -> int:
         return self.batch_size
 
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The inputs of ``Model.run``: tokens (B, T)."""
+        return {"tokens": self.tokens}
+
     @property
     def answer(self) -> torch.Tensor:
         """(B,) int64 target at the final position (the prompt's answer; -1 for segment sequences)."""

@@ -203,6 +203,13 @@ class FewShotBatch:
     def seq_len(self) -> int:
         return self.tokens.shape[1]
 
+    def __len__(self) -> int:
+        return self.batch_size
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The inputs of ``Model.run``: tokens (B, T), vectors (B, T, D), vector_mask (B, T)."""
+        return {"tokens": self.tokens, "vectors": self.vectors, "vector_mask": self.vector_mask}
+
     def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "FewShotBatch":
         """A copy with every tensor on `device`."""
         return FewShotBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)

@@ -291,11 +291,11 @@ class Model:
             d = {"tokens": inputs}
         elif isinstance(inputs, dict):
             d = dict(inputs)
-        elif hasattr(inputs, "tokens") or hasattr(inputs, "input_ids"):
-            d = {k: getattr(inputs, k) for k in ("tokens", "input_ids", "attention_mask", "vectors", "vector_mask")
-                 if getattr(inputs, k, None) is not None}
+        elif hasattr(inputs, "model_inputs"):  # the Batch protocol (iclscope.batch)
+            d = {k: v for k, v in inputs.model_inputs().items() if v is not None}
         else:
-            raise IclscopeError(f"inputs must be token ids (B, T), a dict or a batch object, got {type(inputs).__name__}")
+            raise IclscopeError(f"inputs must be token ids (B, T), a dict or a batch (with model_inputs()), got "
+                               f"{type(inputs).__name__}")
         if "input_ids" in d:
             d["tokens"] = d.pop("input_ids")
         tok = d.get("tokens")

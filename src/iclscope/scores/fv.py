@@ -40,6 +40,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
+from ..batch import chunks
 from ..errors import IclscopeError
 from ..heads import all_heads, check_heads, top_heads
 from ..interventions import Patch
@@ -229,12 +230,8 @@ def _heads(model, heads) -> list[Head]:
 
 
 def _chunks(batch, batch_size: int, device) -> Iterator[tuple[dict, torch.Tensor, slice]]:
-    N = len(batch)
-    for i in range(0, N, batch_size):
-        sl = slice(i, min(N, i + batch_size))
-        inputs = {"input_ids": batch.input_ids[sl].to(device)}
-        if getattr(batch, "attention_mask", None) is not None:
-            inputs["attention_mask"] = batch.attention_mask[sl].to(device)
+    """(inputs, answer first tokens (b,), slice) for pieces of a PromptBatch."""
+    for inputs, sl in chunks(batch, batch_size, device):
         yield inputs, batch.answer_first_token[sl].to(device), sl
 
 

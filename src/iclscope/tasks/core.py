@@ -386,6 +386,10 @@ class PromptBatch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The inputs of ``Model.run``: input_ids and attention_mask, each (B, T)."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
     @property
     def lengths(self) -> torch.Tensor:
         """(B,) int64 number of real tokens per prompt."""
