@@ -6,7 +6,7 @@ the experiments and the scores read a model's output the same way. The API is st
     answer_rank(logits, answers)     (B,) int64   rank of the answer among the vocabulary, 0 = top
     answer_correct(logits, answers)  (B,) bool    the answer is the top-1 token
     answer_prob(logits, answers)     (B,) float32 softmax probability of the answer
-    answer_loss(logits, answers)     (B,) float32 cross-entropy of the answer
+    answer_loss(logits, answers)     (B,) float32 cross-entropy of the answer (reduction="mean": a scalar)
     per_member_mean(values, R)       (R, ...)     means per ensemble member of an (R*B, ...) batch
     induction_strength(rows, correct_pos, wrong_pos, valid=None, groups=None)
                                      (H,) or (groups, H): attention to the correct label minus the wrong ones
@@ -44,9 +44,11 @@ def answer_prob(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), -1).gather(-1, answers[:, None].to(logits.device))[:, 0]
 
 
-def answer_loss(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-    """(B,) float32 cross-entropy -log P(answer) of logits (B, V), taken in float32. Differentiable."""
-    return F.cross_entropy(logits.float(), answers.to(logits.device), reduction="none")
+def answer_loss(logits: torch.Tensor, answers: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    """(B,) float32 cross-entropy -log P(answer) of logits (B, V), taken in float32. Differentiable.
+    ``reduction="mean"`` gives the batch mean as a scalar, reduced by ``F.cross_entropy`` itself (its
+    last bits can differ from ``answer_loss(...).mean()``)."""
+    return F.cross_entropy(logits.float(), answers.to(logits.device), reduction=reduction)
 
 
 def per_member_mean(values: torch.Tensor, R: int) -> torch.Tensor:
