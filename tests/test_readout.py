@@ -45,7 +45,8 @@ def test_answer_prob_and_loss(logits):
         want = math.exp(row[int(ANSWERS[b])]) / z
         assert float(p[b]) == pytest.approx(want, rel=1e-5)
         assert float(loss[b]) == pytest.approx(-math.log(want), rel=1e-5)
-    assert float(answer_loss(logits, ANSWERS, reduction="mean")) == pytest.approx(float(answer_loss(logits, ANSWERS).mean()))
+    mean = answer_loss(logits, ANSWERS, reduction="mean")
+    assert mean.shape == () and float(mean) == pytest.approx(float(answer_loss(logits, ANSWERS).mean()))
 
 
 def test_per_member_mean():
@@ -91,7 +92,8 @@ def test_induction_strength():
         want = _plain_strength(pat[sl], correct[sl], wrong[sl], valid[sl])
         assert s2[r].tolist() == pytest.approx(want, abs=1e-6)
     # no valid sequence gives 0; an ideal pattern of strength s gives 2s - 1
-    assert induction_strength(pat, correct.clamp(min=0), wrong.clamp(min=0), valid=torch.zeros(8, dtype=torch.bool)).abs().max() == 0
+    none = torch.zeros(8, dtype=torch.bool)
+    assert induction_strength(pat, correct.clamp(min=0), wrong.clamp(min=0), valid=none).abs().max() == 0
     ideal = torch.zeros(2, 1, 5)
     ideal[:, 0, 1], ideal[:, 0, 3] = 0.8, 0.2
     assert induction_strength(ideal, torch.tensor([1, 1]), torch.tensor([[3], [3]])).tolist() == pytest.approx([0.6])

@@ -58,8 +58,8 @@ class Clamps:
                 src = c.get("source")
                 if not src:
                     raise IclscopeError(f"clamp {i}: Graft needs source = a checkpoint directory")
-                iv = Graft(self._source(src, model, run_dir, i), layers=c.get("layers"), site=c.get("site", "resid_post"),
-                           heads=heads, positions=positions)
+                iv = Graft(self._source(src, model, run_dir, i), layers=c.get("layers"),
+                           site=c.get("site", "resid_post"), heads=heads, positions=positions)
             self._check(iv, model, i)
             self.static.append(iv)
 

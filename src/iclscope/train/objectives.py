@@ -41,7 +41,8 @@ def repeated_vectors(data: FewShotData, n: int, length: int, g: torch.Generator)
     ids = torch.rand(n, C * E, generator=g).argsort(-1)[:, :length]
     ids = torch.cat([ids, ids], 1)
     vectors = data.features.view(C * E, -1)[ids]
-    return {"tokens": torch.zeros_like(ids), "vectors": vectors, "vector_mask": torch.ones_like(ids, dtype=torch.bool)}, ids
+    inputs = {"tokens": torch.zeros_like(ids), "vectors": vectors, "vector_mask": torch.ones_like(ids, dtype=torch.bool)}
+    return inputs, ids
 
 
 class Objective:

@@ -47,7 +47,8 @@ class Trainer:
         self.total_steps = int(math.ceil(int(t["sequences"]) / self.B))
         self.gens = [torch.Generator().manual_seed(int(s)) for s in self.seeds]
         self.clamps = Clamps(self.cfg["clamp"], self.model, self.out)
-        self.objective.build_eval_sets(int(e["batch"]), int(e["induction_len"]), torch.Generator().manual_seed(EVAL_SEED))
+        self.objective.build_eval_sets(int(e["batch"]), int(e["induction_len"]),
+                                       torch.Generator().manual_seed(EVAL_SEED))
 
     # ------------------------------------------------------------------ steps
     def sample(self):
@@ -66,8 +67,8 @@ class Trainer:
         use_clamps = self.cfg["eval"]["clamps"]
         was = self.model.module.training
         self.model.module.eval()
-        ctx = self.model.intervene(self.clamps.static) if (use_clamps and self.clamps.static) else contextlib.nullcontext()
-        with ctx:
+        static = self.clamps.static if use_clamps else []
+        with self.model.intervene(static) if static else contextlib.nullcontext():
             out = self.objective.evaluate(self.model, self.clamps if use_clamps else None)
         self.model.module.train(was)
         return out
