@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from .. import Ablate
 from ..data.synthetic import FewShotConfig, FewShotData
 from ..errors import IclscopeError
 from ..models.tiny import TinyModel
+from ..readout import answer_correct, answer_loss, induction_strength
 from ..report import ResultsDir, write_report
 from ..report.figures import line_panels, loss_curves
 from ..train import Trainer, detect_phase_change, load_config, validate_config
@@ -95,14 +95,14 @@ def additivity(run: str | Path, out: str | Path | None = None, n: int = 2048, ho
         ivs = [Ablate(off, how=how)] if off else []
         with torch.no_grad():
             q = model.run(b, interventions=ivs)[0][:, -1]
-        return float(F.cross_entropy(q, b.target)), float((q.argmax(-1) == b.target).float().mean())
+        return float(answer_loss(q, b.target, reduction="mean")), float(answer_correct(q, b.target).float().mean())
 
     with torch.no_grad():
         b = batches["train"]
         _, cache = model.run(b, record=["pattern"], layers=[L], positions=[-1])
         pat = cache.site("pattern", L)[:, :, 0]  # (n, H, T)
-        rows = torch.arange(n)
-        strength = (pat[rows, :, b.correct_pos] - pat[rows, :, b.wrong_pos[:, 0]]).mean(0)  # (H,)
+        # the first wrong label only, every sequence counted (positions as they are)
+        strength = induction_strength(pat, b.correct_pos, b.wrong_pos[:, :1])  # (H,)
     full_loss, full_acc = measure(list(range(H)))
     single = pd.DataFrame([{"head": h, "induction_strength": float(strength[h]),
                             **dict(zip(["loss_only_this_head", "acc_only_this_head"], measure([h]))),
