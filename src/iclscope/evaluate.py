@@ -26,6 +26,7 @@ import torch
 
 from .batch import rows as batch_rows
 from .errors import IclscopeError
+from .readout import answer_prob, answer_rank
 
 __all__ = ["icl_accuracy", "icl_generate_f1", "token_f1", "normalize_answer", "token_loss_difference",
            "load_text_documents"]
@@ -58,11 +59,8 @@ def icl_accuracy(model, batch, interventions: Sequence = (), batch_size: int = 3
             sl = slice(i, min(N, i + batch_size))
             logits = model.run(batch_rows(batch, sl, model.device), interventions=interventions)[0][:, -1].float()
             ans = batch.answer_first_token[sl].to(logits.device)
-            a = logits.gather(-1, ans[:, None])  # (B, 1)
-            ids = torch.arange(logits.shape[-1], device=logits.device)
-            ahead = (logits > a) | ((logits == a) & (ids[None] < ans[:, None]))
-            ranks[sl] = ahead.sum(-1).cpu()
-            probs[sl] = torch.softmax(logits, -1).gather(-1, ans[:, None])[:, 0].cpu()
+            ranks[sl] = answer_rank(logits, ans).cpu()
+            probs[sl] = answer_prob(logits, ans).cpu()
     correct = ranks == 0
     return {"correct": correct, "rank": ranks, "prob": probs, "accuracy": float(correct.float().mean())}
 

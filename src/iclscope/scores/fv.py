@@ -42,6 +42,7 @@ import torch
 
 from ..batch import chunks
 from ..errors import IclscopeError
+from ..readout import answer_prob
 from ..heads import all_heads, check_heads, top_heads
 from ..interventions import Patch
 from ..models.base import head_means
@@ -261,11 +262,6 @@ def _means(model, name, clean, batch_size, given) -> torch.Tensor:
     return task_means(model, clean, batch_size)
 
 
-def _prob(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-    """P(answer) from final-position logits (B, vocab), float32 softmax over the vocabulary."""
-    return torch.softmax(logits.float(), -1).gather(-1, answers[:, None].to(logits.device))[:, 0]
-
-
 def _finish(model, heads, per_prompt: dict, baseline: dict, method: str, **info) -> FVResult:
     per_task, sem = {}, {}
     for name, d in per_prompt.items():
@@ -306,11 +302,11 @@ def fv_scores_reference(model, tasks, heads: Sequence[Head] | None = None, batch
             d = torch.full((len(bad), L, H), float("nan"))
             base_all = torch.empty(len(bad))
             for inputs, ans, sl in _chunks(bad, batch_size, model.device):
-                base = _prob(model(inputs)[:, -1], ans)
+                base = answer_prob(model(inputs)[:, -1], ans)
                 base_all[sl] = base.cpu()
                 for layer, h in heads:
                     patch = Patch("z", means, heads=[(layer, h)], positions=[-1])
-                    p = _prob(model.run(inputs, interventions=[patch])[0][:, -1], ans)
+                    p = answer_prob(model.run(inputs, interventions=[patch])[0][:, -1], ans)
                     d[sl, layer, h] = (p - base).cpu()
                     bar.update(1)
             per_prompt[name], baseline[name] = d, base_all
@@ -379,7 +375,7 @@ def fv_scores(model, tasks, heads: Sequence[Head] | None = None, batch_size: int
             base_all = torch.empty(len(bad))
             for inputs, ans, sl in _chunks(bad, batch_size, model.device):
                 prefix = model.prefix_cache(inputs)
-                base = _prob(prefix.logits, ans)
+                base = answer_prob(prefix.logits, ans)
                 base_all[sl] = base.cpu()
                 B, T = ans.shape[0], prefix.seq_len
                 act, kv = _row_bytes(model, T)
@@ -393,7 +389,7 @@ def fv_scores(model, tasks, heads: Sequence[Head] | None = None, batch_size: int
                     patch = Patch("z", means, heads=chunk_heads, positions=[-1], rows=list(range(len(chunk_heads))))
                     rows = torch.tensor(prompt_idx)
                     logits = model.run_last_token(prefix, rows=rows, interventions=[patch])[0][:, -1]
-                    p = (_prob(logits, ans[rows.to(ans.device)]) - base[rows.to(base.device)]).cpu()
+                    p = (answer_prob(logits, ans[rows.to(ans.device)]) - base[rows.to(base.device)]).cpu()
                     lidx = torch.tensor([lh[0] for lh in chunk_heads])
                     hidx = torch.tensor([lh[1] for lh in chunk_heads])
                     d[sl.start + rows, lidx, hidx] = p
@@ -452,7 +448,7 @@ def _attribute(model, items, batch_size, keep, per_prompt, baseline, bar, means_
             # record z at all positions: the recorded tensor must be the one the model goes on with,
             # so that the gradient reaches it (a sliced copy would not be on the path to the logits)
             logits, cache = model.run(inputs, record=["z"], grad=True)
-            p = _prob(logits[:, -1], ans)
+            p = answer_prob(logits[:, -1], ans)
             zs = [cache.site("z", layer) for layer in range(L)]
             grads = torch.autograd.grad(p.sum(), zs)
             for layer in range(L):

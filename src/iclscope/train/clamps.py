@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import IclscopeError
-from ..interventions import Ablate, ClampPattern, Graft, Preserve, compile_interventions
+from ..compile import compile_interventions
+from ..heads import all_heads
+from ..interventions import Ablate, ClampPattern, Graft, Preserve
 from ..models.tiny import TinyModel
 
 CLAMP_KEYS = {"kind", "heads", "layers", "pattern", "strength", "positions", "how", "site", "source"}
@@ -20,7 +22,7 @@ def parse_heads(spec, model: TinyModel, i: int) -> list[tuple[int, int]] | None:
     if spec is None:
         return None
     if spec == "all":
-        return [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
+        return all_heads(model)
     if isinstance(spec, str) and spec.startswith("layer:"):
         layer = int(spec.split(":")[1])
         if not 0 <= layer < model.n_layers:
