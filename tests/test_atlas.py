@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import iclscope
-from iclscope import AddVector, IclscopeError
+from iclscope import IclscopeError
 from iclscope.experiments.atlas import function_vector, ranked_heads, run_atlas, run_scores
 
 from conftest import make_model
