@@ -14,6 +14,7 @@ from iclscope.cli import main
 from iclscope.experiments import dynamics as dyn
 from iclscope.experiments.dynamics import scoring
 from iclscope.experiments.atlas import run_atlas, run_scores
+from iclscope.models import checkpoint_info
 from iclscope.train import load_config, train
 
 TINY = ["train.sequences=1280", "train.batch_size=32", "eval.every=10", "eval.batch=64", "eval.checkpoint_every=20",
@@ -38,6 +39,16 @@ def test_run_checkpoints_and_selection(run):
     assert [c.step for c in dyn.run_checkpoints(run, "40,step_0000004,1")] == [1, 4, 40]
     with pytest.raises(IclscopeError, match="--checkpoints: 3 not saved"):
         dyn.run_checkpoints(run, "0,3")
+
+
+def test_checkpoint_metadata_is_read_without_loading(run, tmp_path):
+    meta = checkpoint_info(run / "checkpoints" / "step_0000040")
+    assert meta["step"] == 40 and meta["sequences"] == 32 * 40 and meta["config"]["n_layers"] == 2
+    assert checkpoint_info(tmp_path) is None and checkpoint_info(tmp_path / "nothing") is None
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "iclscope.json").write_text("{not json")
+    with pytest.raises(IclscopeError, match="checkpoint .*bad: unreadable iclscope.json"):
+        checkpoint_info(tmp_path / "bad")
 
 
 def test_dynamics_of_a_run_resumes_after_a_kill(run, tmp_path, monkeypatch):

@@ -126,8 +126,8 @@ def attention_table(model, n: int = 200, half: int = 50, seed: int = 0, batch_si
     lo = lay["word_offset"] if lay else 0
     V = model.vocab_size
     half = min(half, (V - lo - 1) // 1)
-    if model.n_ctx is not None:  # the sequence, [BOS] + 2 * half tokens, must fit
-        half = min(half, (model.n_ctx - 1) // 2)
+    if model.n_ctx is not None:  # [BOS] + 2 * half tokens, and the segment sequences (one longer), must fit
+        half = min(half, (model.n_ctx - 1 - (bos is not None)) // 2)
     sums = {k: torch.zeros(model.n_layers, model.n_heads) for k in ("induction", "prev_token", "duplicate",
                                                                      "induction_segments")}
     done = 0
