@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import iclscope
-from iclscope import AddVector, IclscopeError
-from iclscope.experiments.atlas import function_vector, ranked_heads, run_atlas, run_scores
+from iclscope import IclscopeError
+from iclscope.experiments.atlas import attention_table, function_vector, ranked_heads, run_atlas, run_scores
 
 from conftest import make_model
 
@@ -19,6 +19,16 @@ def test_ranked_heads_and_exclusion():
     s = torch.tensor([[0.1, 0.9], [0.5, float("nan")]])
     assert ranked_heads(s) == [(0, 1), (1, 0), (0, 0), (1, 1)]
     assert ranked_heads(s, exclude=[(0, 1)]) == [(1, 0), (0, 0), (1, 1)]
+
+
+def test_attention_scores_fit_a_short_context():
+    # repeated halves are capped by the model's n_ctx, whatever the family (odd n_ctx: the segment
+    # sequences, one token longer than [BOS] + 2 * half, must fit too)
+    model = iclscope.load("random:gpt2:layers=2,heads=2,d_model=32,n_ctx=21")
+    t = attention_table(model, n=4, half=50, batch_size=4)
+    assert len(t) == 4 and t.induction.notna().all()
+    with pytest.raises(Exception):
+        model(torch.zeros(1, 22, dtype=torch.long))  # one token longer than the model takes: the cap matters
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

@@ -18,7 +18,6 @@ every task is used for both, and the report says so.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..data.synthetic import random_segment_repeats, repeated_random_tokens
 from ..errors import IclscopeError
 from ..evaluate import icl_accuracy
 from ..report import ResultsDir, write_report
-from ..report.figures import head_heatmap, save_figure
+from ..report.figures import ablation_panel, head_heatmap, save_figure, short_name
 from ..scores.attention import duplicate_token_scores, induction_scores, prev_token_scores
 from ..scores.fv import fv_prompts, fv_scores
 from ..tasks.core import Task, TokenTask, build_prompts, build_token_prompts, load_tasks
@@ -127,8 +126,8 @@ def attention_table(model, n: int = 200, half: int = 50, seed: int = 0, batch_si
     lo = lay["word_offset"] if lay else 0
     V = model.vocab_size
     half = min(half, (V - lo - 1) // 1)
-    if model.family == "tiny":
-        half = min(half, (model.cfg.n_ctx - 1) // 2)
+    if model.n_ctx is not None:  # [BOS] + 2 * half tokens, and the segment sequences (one longer), must fit
+        half = min(half, (model.n_ctx - 1 - (bos is not None)) // 2)
     sums = {k: torch.zeros(model.n_layers, model.n_heads) for k in ("induction", "prev_token", "duplicate",
                                                                      "induction_segments")}
     done = 0
@@ -183,12 +182,6 @@ def score_heads(model, tasks: dict, res: ResultsDir, k: int = 10, n_clean: int =
     return table, long
 
 
-def _short(spec) -> str:
-    """A model spec short enough for a figure title: the last two path parts of a directory."""
-    p = Path(str(spec))
-    return "/".join(p.parts[-2:]) if p.exists() else str(spec)
-
-
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
@@ -233,7 +226,7 @@ def ablation_study(model, eval_prompts: dict, table: pd.DataFrame, fractions=FRA
     pos = [-1] if positions == "final" else None
     mean = None
     if how == "mean":
-        from ..models.base import head_means
+        from ..models import head_means
         with torch.no_grad():
             sums, count = None, 0
             for batch in eval_prompts.values():
@@ -293,7 +286,7 @@ def function_vectors(model, tasks: dict, table: pd.DataFrame, top: int | None = 
     layers = range(model.n_layers) if layers is None else layers
     heads = ranked_heads(_grid(table, "fv", model))[:top]
     rows = []
-    from ..models.base import head_means
+    from ..models import head_means
     for name, task in tasks.items():
         few = build_eval_prompts(model, task, k, n, seed)
         zero = build_eval_prompts(model, task, 0, n, seed)
@@ -333,31 +326,8 @@ def ablation_figure(df: pd.DataFrame, path: Path, title: str) -> Path:
         groups.append(("fresh mapping, repeated query (copying)", df[df.task.str.startswith("copy:")]))
     fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), squeeze=False)
     for ax, (label, part) in zip(axes[0], groups):
-        _ablation_panel(ax, part, f"{title}\n{label}")
+        ablation_panel(ax, part, f"{title}\n{label}")
     return save_figure(fig, path)
-
-
-def _ablation_panel(ax, df: pd.DataFrame, title: str) -> None:
-    mean = df.groupby(["ranking", "fraction", "seed"]).accuracy.mean().reset_index()
-    for name, grp in mean.groupby("ranking"):
-        g = grp.groupby("fraction").accuracy
-        m = g.mean()
-        x = m.index.to_numpy() * 100
-        if name == "random":
-            s, cnt = g.std(ddof=1), g.count()
-            half = 1.96 * s / np.sqrt(cnt.clip(lower=1))
-            ax.plot(x, m, color="grey", ls="--", label=f"random heads ({int(cnt.max())} seeds, 95 % CI)")
-            ax.fill_between(x, m - half, m + half, color="grey", alpha=0.2)
-        else:
-            color = "tab:orange" if name.startswith("fv") else "tab:blue"
-            excl = "excl." in name
-            ax.plot(x, m, color=color, ls="--" if excl else "-", marker="s" if excl else "o",
-                    ms=4 if excl else 6, lw=1.2 if excl else 2, label=name)
-    ax.set_xlabel("heads ablated (% of all heads)")
-    ax.set_ylabel("few-shot accuracy (mean over tasks)")
-    ax.set_title(title, fontsize=10)
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8)
 
 
 def scatter_and_layers(table: pd.DataFrame, path: Path, n_layers: int) -> Path:
@@ -448,7 +418,7 @@ def run_atlas(model_spec: str, out: str | Path, tasks_dir=None, revision=None, d
         abl = ablation_study(model, eval_prompts, table, fractions, how, positions, random_seeds=random_seeds, log=log)
         res.write_table("ablation.csv", abl)
     figs["ablation"] = ablation_figure(abl, res.file("ablation.png"),
-                                       f"{_short(model_spec)}: {how}-ablating the top heads ({positions} position)")
+                                       f"{short_name(model_spec)}: {how}-ablating the top heads ({positions} position)")
     if res.has("function_vectors.csv"):
         fvt = res.read_table("function_vectors.csv")
     else:

@@ -27,8 +27,7 @@ import pandas as pd
 
 from ..errors import IclscopeError
 from ..report import ResultsDir, write_report
-from ..report.figures import save_figure
-from .atlas import _ablation_panel
+from ..report.figures import ablation_panel, save_figure
 
 FRACTIONS = (0.02, 0.05, 0.1, 0.2)
 
@@ -237,10 +236,10 @@ def ablation_figure(entries: list[dict], path: Path) -> Path | None:
     for j, e in enumerate(with_abl):
         a = e["ablation"]
         is_copy = a.task.str.startswith("copy:")
-        _ablation_panel(axes[0][j], a[~is_copy], f"{e['label']}\ntask prompts")
+        ablation_panel(axes[0][j], a[~is_copy], f"{e['label']}\ntask prompts")
         if has_copy:
             if is_copy.any():
-                _ablation_panel(axes[1][j], a[is_copy], f"{e['label']}\ncopying prompts")
+                ablation_panel(axes[1][j], a[is_copy], f"{e['label']}\ncopying prompts")
             else:
                 axes[1][j].set_visible(False)
     fig.tight_layout()

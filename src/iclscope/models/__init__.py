@@ -10,6 +10,7 @@ spec:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -47,5 +48,19 @@ def load(spec: str | Path, revision: str | None = None, dtype=None, device=None,
                            trust_remote_code=trust_remote_code)
 
 
+def checkpoint_info(path: str | Path) -> dict | None:
+    """The metadata saved with an iclscope model in folder ``path`` (its iclscope.json: "config" the
+    architecture, and what the saver added, e.g. a training-lab checkpoint's "step" and "sequences"), read
+    without loading weights; None when ``path`` holds no iclscope model. An IclscopeError when unreadable."""
+    path = Path(path).expanduser()
+    file = path / CONFIG_FILE
+    if not path.is_dir() or not file.exists():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise IclscopeError(f"checkpoint {path}: unreadable {CONFIG_FILE} ({e})") from None
+
+
 __all__ = ["Cache", "HookPoints", "Model", "PrefixCache", "PrefixRows", "TinyConfig", "TinyModel", "TinyTransformer",
-           "head_means", "load"]
+           "checkpoint_info", "head_means", "load"]

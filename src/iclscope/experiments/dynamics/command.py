@@ -1,0 +1,171 @@
+"""Head dynamics over training: induction, previous-token and FV scores of every head, and few-shot
+accuracy, at each checkpoint of a training run or each hub revision of a model; role transitions
+between induction heads and FV heads (Yin & Steinhardt 2025, section on training dynamics).
+
+Checkpoints come from a training-lab run (``RUN/checkpoints/step_N/``) or from hub revisions of one
+model (Pythia's "step1000", ...). They are analysed one at a time (one model in memory), each into its
+own results folder; a finished checkpoint is marked by ``done.json`` and never recomputed, so a killed
+run resumes at the next unfinished one (and inside a checkpoint at the next unfinished FV task).
+
+Results folder::
+
+    config.json                  the settings (a rerun with other settings is refused)
+    checkpoints/<name>/          one checkpoint: config.json, heads.csv, fv_per_task.csv, accuracy.csv,
+                                 done.json (what ran, how long, what was reused)
+    heads_over_training.csv      checkpoint, order, step, sequences, tokens, layer, head, induction,
+                                 induction_segments, prev_token, duplicate, fv, fv_task_std
+    checkpoints.csv              one row per checkpoint: accuracy (evaluation tasks), copy accuracy
+                                 (testbed models), best induction / FV / previous-token head and score
+    accuracy_per_task.csv        checkpoint, step, task, accuracy
+    transitions.csv              the final top FV heads and top induction heads, and their earlier roles
+    trajectories.png, heatmaps.png, accuracy.png, transitions.png, report.html, summary.json
+
+Scores at each checkpoint are exactly those of ``iclscope atlas``: the attention table on repeated
+random token ids, FV scores over the *scoring* half of the tasks (``split_tasks``); accuracy is
+first-token few-shot accuracy on the *evaluation* half (plus, for models trained on the token mixture,
+copying prompts: a fresh mapping whose query repeats a demonstration).
+
+Reuse. ``reuse`` names folders of earlier ``iclscope scores``, ``atlas`` or ``dynamics`` runs (a results
+folder, or a folder holding such folders). A folder is reused for a checkpoint when its config.json
+names the same model (same path, or same hub name and revision), the same task set and the same k,
+n_clean, n_corrupt and seed, and its FV tasks include this checkpoint's scoring tasks: its attention
+scores and its per-task FV scores (restricted to the scoring tasks) are copied, not recomputed. An
+atlas folder with the same n_eval also gives the accuracy (its ablation study's no-ablation row).
+
+Role transitions (``role_transitions``). At each checkpoint a head is a *top induction head* if it is
+among the ``top`` heads by induction score and its score is at least ``rel`` x the largest induction
+score at the final checkpoint; likewise for FV. For each head among the final top FV heads: its FV onset
+is the first checkpoint at which it is a top FV head; it *passed through an induction phase* if it was
+a top induction head at some checkpoint before its FV onset. The fraction of final FV heads that did
+is compared with random head sets of the same size, each random head given the onset of one FV head
+(so the windows are the same): mean, 95 % interval and P(random >= observed). The reverse question
+(final induction heads that were FV heads first) is answered the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ...errors import IclscopeError
+from ...report import ResultsDir, write_report
+from ...report.figures import short_name
+from .checkpoints import Checkpoint, revision_checkpoints, run_checkpoints
+from .figures import accuracy_figure, heatmaps_figure, trajectories_figure, transitions_figure
+from .reuse import reuse_candidates
+from .scoring import score_checkpoint
+from .transitions import default_top, role_transitions, transition_text
+
+SCORES = ("induction", "induction_segments", "prev_token", "duplicate", "fv", "fv_task_std")
+
+
+def run_dynamics(out: str | Path, model: str | None = None, revisions=None, run: str | Path | None = None,
+                 checkpoints=None, tasks_dir=None, k: int | None = None, n_clean: int = 100, n_corrupt: int = 25,
+                 n_eval: int = 50, seed: int = 0, top: int | None = None, rel: float = 0.25,
+                 reuse: Sequence[str | Path] = (), tokens_per_step: int | None = None, dtype=None, device=None,
+                 n_random: int = 1000, log=print) -> dict:
+    """``iclscope dynamics``: every checkpoint's head scores and accuracy, the long table, role transitions,
+    figures and a report in ``out``. Give ``model`` + ``revisions`` (hub revisions) or ``run`` (+ optional
+    ``checkpoints``). Returns the summary (also summary.json)."""
+    t0 = time.time()
+    if (model is None) == (run is None):
+        raise IclscopeError("give either --model NAME with --revisions, or --run RUN (not both)")
+    if run is not None:
+        if revisions:
+            raise IclscopeError("--revisions goes with --model; a run's checkpoints are chosen with --checkpoints")
+        ckpts = run_checkpoints(run, checkpoints)
+        source = str(Path(run).expanduser().resolve())
+    else:
+        if checkpoints:
+            raise IclscopeError("--checkpoints goes with --run; hub checkpoints are chosen with --revisions")
+        if not revisions:
+            raise IclscopeError(f"--model {model}: give --revisions (e.g. step1,step1000,step143000)")
+        ckpts = revision_checkpoints(model, revisions, tokens_per_step)
+        source = str(model)
+    candidates = reuse_candidates(reuse) if reuse else []
+    res = ResultsDir(out, {"command": "dynamics", "source": source, "tasks": str(tasks_dir), "k": k,
+                           "n_clean": n_clean, "n_corrupt": n_corrupt, "n_eval": n_eval, "seed": seed,
+                           "dtype": None if dtype is None else str(dtype)})
+    log(f"dynamics of {source}: {len(ckpts)} checkpoints -> {res.path}/")
+    records = []
+    for i, ck in enumerate(ckpts):
+        folder = res.file("checkpoints") / ck.name
+        if (folder / "done.json").exists():
+            rec = json.loads((folder / "done.json").read_text())
+            log(f"  [{i + 1}/{len(ckpts)}] {ck.name}: done earlier")
+        else:
+            rec = score_checkpoint(ck, folder, tasks_dir, k, n_clean, n_corrupt, n_eval, seed, candidates,
+                                   dtype, device, log)
+            log(f"  [{i + 1}/{len(ckpts)}] {ck.name}: {rec['seconds']:.1f} s"
+                + (f" (scores reused from {rec['reused_from']})" if rec.get("reused_from") else ""))
+        if records and rec["arch"] != records[0]["arch"]:
+            raise IclscopeError(f"checkpoint {ck.name} ({rec['arch']}) has a different architecture from "
+                                f"{records[0]['name']} ({records[0]['arch']}); finished checkpoints are kept in "
+                                f"{res.path}/checkpoints/")
+        records.append(rec)
+    long, ck_table, acc = assemble(res.path, ckpts, records)
+    res.write_table("heads_over_training.csv", long)
+    res.write_table("checkpoints.csv", ck_table)
+    res.write_table("accuracy_per_task.csv", acc)
+    n_total = int(long[["layer", "head"]].drop_duplicates().shape[0])
+    top = top or default_top(n_total)
+    trans, tsum = role_transitions(long, top=top, rel=rel, n_random=n_random, seed=seed)
+    res.write_table("transitions.csv", trans)
+    title = short_name(source)
+    metrics = None
+    if run is not None and (Path(run) / "metrics.csv").exists():
+        metrics = pd.read_csv(Path(run) / "metrics.csv")
+    figs = {"trajectories": trajectories_figure(long, top, res.file("trajectories.png"), title),
+            "heatmaps": heatmaps_figure(long, res.file("heatmaps.png"), title),
+            "accuracy": accuracy_figure(ck_table, res.file("accuracy.png"), metrics, title),
+            "transitions": transitions_figure(long, trans, tsum, res.file("transitions.png"), title)}
+    summary = {"source": source, "checkpoints": [c.name for c in ckpts], "heads": n_total,
+               "transitions": tsum, "seconds": round(time.time() - t0, 1),
+               "final": ck_table.iloc[-1].to_dict()}
+    res.file("summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
+    write_report(res.file("report.html"), f"Head dynamics: {title}", [
+        {"heading": "What ran", "text": __doc__},
+        {"heading": "Checkpoints", "table": ck_table},
+        {"heading": "Score trajectories", "figure": figs["trajectories"]},
+        {"heading": "Every head at every checkpoint", "figure": figs["heatmaps"]},
+        {"heading": "Accuracy over training", "figure": figs["accuracy"]},
+        {"heading": "Role transitions", "text": transition_text(tsum), "figure": figs["transitions"],
+         "table": trans},
+    ])
+    log(transition_text(tsum))
+    log(f"results in {res.path}/ (report.html) in {summary['seconds']} s")
+    return summary
+
+
+def json_default(v):
+    """For ``json.dumps(default=...)``: numpy numbers as Python numbers (NaN, inf as null), else str."""
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return None if not np.isfinite(v) else float(v)
+    return str(v)
+
+
+def assemble(path: Path, ckpts: list[Checkpoint], records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The long head table, the per-checkpoint table and per-task accuracy from the checkpoint folders."""
+    parts, rows, accs = [], [], []
+    for order, (ck, rec) in enumerate(zip(ckpts, records)):
+        folder = Path(path) / "checkpoints" / ck.name
+        heads = pd.read_csv(folder / "heads.csv")
+        meta = {"checkpoint": ck.name, "order": order, "step": ck.step, "sequences": ck.sequences, "tokens": ck.tokens}
+        parts.append(heads.assign(**meta)[list(meta) + ["layer", "head"] + [c for c in SCORES if c in heads]])
+        acc = pd.read_csv(folder / "accuracy.csv")
+        accs.append(acc.assign(checkpoint=ck.name, step=ck.step)[["checkpoint", "step", "task", "accuracy"]])
+        is_copy = acc.task.str.startswith("copy:")
+        best = {c: heads.loc[heads[c].idxmax()] for c in ("induction", "fv", "prev_token")}
+        rows.append({**meta, "accuracy": float(acc[~is_copy].accuracy.mean()) if (~is_copy).any() else np.nan,
+                     "copy_accuracy": float(acc[is_copy].accuracy.mean()) if is_copy.any() else np.nan,
+                     **{f"max_{c}": float(b[c]) for c, b in best.items()},
+                     **{f"best_{c}_head": f"L{int(b.layer)}H{int(b['head'])}" for c, b in best.items()},
+                     "seconds": rec.get("seconds"), "reused_from": rec.get("reused_from")})
+    return pd.concat(parts, ignore_index=True), pd.DataFrame(rows), pd.concat(accs, ignore_index=True)
