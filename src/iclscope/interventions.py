@@ -253,10 +253,3 @@ __all__ = ["Patch", "Ablate", "Preserve", "Graft", "AddVector", "ClampPattern", 
            "CleanRun", "BatchMean", "FromCache", "FrozenModel", "Vectors", "Source", "as_source", "SITES",
            "HEAD_SITES", "LAYER_SITES", "Head", "Positions", "hook_name"]
 
-
-def __getattr__(name: str):
-    # the compiler moved to iclscope.compile; this keeps `from iclscope.interventions import compile_interventions`
-    if name == "compile_interventions":
-        from .compile import compile_interventions
-        return compile_interventions
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
