@@ -23,7 +23,7 @@ import torch
 from .errors import IclscopeError
 from .heads import check_heads as _check_heads, check_layer as _check_layer
 from .interventions import (AddVector, BatchMean, CleanRun, ClampPattern, Constant, FromCache, FrozenModel,
-                            Head, Patch, Positions, Vectors)
+                            Patch, Positions, Vectors)
 from .patterns import induction_targets, previous_token_pattern, targeted_pattern
 from .sites import HEAD_SITES, LAYER_SITES, SITES, hook_name
 

@@ -250,7 +250,7 @@ def token_loss_difference(model, texts_or_path: Any, n_docs: int | None = None, 
         raise IclscopeError(f"the text is too short: no document has {step} tokens for one chunk of ctx={ctx} "
                             f"(the longest has {longest}); give more text or a smaller ctx (> late={late})")
     ids = torch.tensor([c[:late + 1] for c in chunks], dtype=torch.long)
-    diffs, le, ll = [], [], []
+    le, ll = [], []
     with torch.no_grad():
         for i in range(0, len(ids), batch_size):
             x = ids[i:i + batch_size].to(model.device)
