@@ -45,6 +45,9 @@ repeated query whose demo label is replaced by a wrong word: ``targets[:, -1]`` 
 
 Everything is vectorised over the batch (no Python loop in :meth:`MixtureData.sample`), seeded by the
 ``torch.Generator`` passed in, and built on the CPU (move it with :meth:`TokenBatch.to`).
+
+Why one file of ~450 lines: the mixture's sampler and its four evaluation conditions share the prompt
+builder, and the conditions are only meaningful beside the training distribution they probe.
 """
 
 from __future__ import annotations

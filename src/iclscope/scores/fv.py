@@ -30,6 +30,9 @@ Three implementations, equal up to float error (the first two exactly so):
 Inputs: ``tasks`` maps a task name to a pair (clean PromptBatch, corrupted PromptBatch); a list of
 pairs (named by ``PromptBatch.task``) or a single pair also works. ``fv_prompts`` builds such pairs
 for word tasks (``Task``, needs the model's tokenizer) and token tasks (``TokenTask``).
+
+Why one file of ~460 lines: the three implementations of one definition stay side by side, sharing their
+input checks and result type, so that a reader can hold each against the published loop.
 """
 
 from __future__ import annotations
