@@ -311,13 +311,14 @@ class TinyModel(Model):
         self.module.to(device=device, dtype=dtype)
         return self
 
-    def save(self, path: str | Path, extra: dict | None = None, *, fault: str = "model") -> Path:
+    def save(self, path: str | Path, extra: dict | None = None, *,
+             fault: str | tuple[str, ...] = "model:after-weights") -> Path:
         """Write model.safetensors and iclscope.json (config, plus ``extra`` metadata) into the folder
         ``path``, whole: both files go into a temporary folder beside it that is then renamed to ``path``
         (``store.write_folder_atomically``), so ``path`` is at every moment absent, the complete old
         checkpoint or the complete new one, never weights without their JSON. An ensemble saves all members
-        (load gives the ensemble back; ``member(r)`` takes one). ``fault`` names the test fault point
-        ``<fault>:after-weights`` (weights written, JSON not yet; see ``iclscope.store``)."""
+        (load gives the ensemble back; ``member(r)`` takes one). ``fault``: the test fault point label(s)
+        checked once the weights are written and the JSON is not (see ``iclscope.store``)."""
         from .. import store
 
         path = Path(path)
@@ -331,7 +332,8 @@ class TinyModel(Model):
 
         def fill(folder: Path) -> None:
             save_file(state, str(folder / WEIGHTS_FILE))
-            store.fault_point(f"{fault}:after-weights")
+            for label in (fault,) if isinstance(fault, str) else fault:
+                store.fault_point(label)
             (folder / CONFIG_FILE).write_text(store.dumps_json(meta))
 
         return store.write_folder_atomically(path, fill)

@@ -219,13 +219,13 @@ class RunDir:
             m = model if self.R == 1 else model.member(r)
             m.save(self.member_dir(r) / "checkpoints" / f"step_{step:07d}",
                    extra={"step": step, "sequences": sequences, "seed": self.seeds[r], "train_config": train_config,
-                          **layout}, fault="checkpoint")
+                          **layout}, fault=("checkpoint:after-weights", f"checkpoint:after-weights@{step}"))
 
     def save_final(self, model, step: int, token_layout: dict | None = None) -> None:
         """The whole trained ensemble (member r = seed r) into RUN/final (renamed into place whole), e.g. a
         frozen source for Graft clamps."""
         layout = {"token_layout": token_layout} if token_layout is not None else {}
-        model.save(self.out / "final", extra={"seeds": self.seeds, "step": step, **layout}, fault="final")
+        model.save(self.out / "final", extra={"seeds": self.seeds, "step": step, **layout}, fault="final:after-weights")
 
 
 def _cell(v) -> str:

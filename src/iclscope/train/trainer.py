@@ -147,7 +147,7 @@ class Trainer:
                    desc=self.cfg.get("name", "train"), dynamic_ncols=True, mininterval=1.0)
         try:
             with self.model.intervene(self.clamps.static):
-                if self.step == 0:
+                if not loaded:  # a state saved at step 0 already has its step-0 row and checkpoint
                     self._evaluate_and_log(rows, writers, None, ckpts)
                     self._save_state(([0.0] * self.R, 0))
                 while self.step < self.total_steps:
