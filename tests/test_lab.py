@@ -1,10 +1,17 @@
 """Training-lab experiments on tiny configurations: the commands run and their tables are right."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+import iclscope
 from iclscope import IclscopeError
 from iclscope.experiments.lab import CONDITIONS, additivity, clamp_sweep, data_sweep
 from iclscope.train import load_config, train
@@ -57,3 +64,95 @@ def test_data_sweep(tmp_path):
     assert cfg7["data"]["n_labels"] == 7
     with pytest.raises(IclscopeError, match="unknown property"):
         data_sweep(load_config(None, TINY), vary="colour=1,2", out=tmp_path / "x")
+
+
+def test_sweep_results_are_owned_folders_and_reuse_needs_the_finished_marker(tmp_path):
+    out = tmp_path / "ds"
+    data_sweep(load_config(None, TINY), vary="labels=5", out=out, seeds=[0], sequences=64, log=lambda *a: None)
+    assert (out / ".iclscope.json").exists() and (out / ".iclscope-finished.json").exists()
+    run = out / "labels=5"
+    assert (run / ".iclscope.json").exists() and (run / ".iclscope-finished.json").exists()
+    msgs = []
+    data_sweep(load_config(None, TINY), vary="labels=5", out=out, seeds=[0], sequences=64, log=msgs.append)
+    assert sum("reusing finished run" in m for m in msgs) == 1
+    # final/ alone does not make a run finished: without its marker the run is trained (resumed), not reused
+    (run / ".iclscope-finished.json").unlink()
+    msgs = []
+    data_sweep(load_config(None, TINY), vary="labels=5", out=out, seeds=[0], sequences=64, log=msgs.append)
+    assert not any("reusing" in m for m in msgs) and (run / ".iclscope-finished.json").exists()
+    # a foreign folder is refused untouched
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "phase_change.csv").write_text("mine\n")
+    with pytest.raises(IclscopeError, match="not made by iclscope"):
+        data_sweep(load_config(None, TINY), vary="labels=5", out=mine, seeds=[0], sequences=64, log=lambda *a: None)
+    assert [p.name for p in mine.iterdir()] == ["phase_change.csv"]
+
+
+def test_sweep_values_never_name_a_path_outside_the_sweep(tmp_path):
+    out = tmp_path / "a" / "ds"
+    data_sweep(load_config(None, TINY), vary="data.features_dataset=/../../evil", out=out, seeds=[0], sequences=32,
+               log=lambda *a: None)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_dir() and "evil" in p.name) == \
+        [p.name for p in out.iterdir() if p.is_dir() and "evil" in p.name]
+    [run] = [p for p in out.iterdir() if p.is_dir() and "evil" in p.name]
+    assert run.parent == out and ".." not in run.name and "/" not in run.name
+    assert (run / "metrics.csv").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_a_sweep_leaves_no_worker_behind(tmp_path, sig):
+    out = tmp_path / "sweep"
+    script = ("import sys\nfrom iclscope.experiments.lab import clamp_sweep\nfrom iclscope.train import load_config\n"
+              f"clamp_sweep(load_config(None, {TINY!r}), out=sys.argv[1], seeds=[0], sequences=10**8, "
+              "conditions=['none', 'prev_token'], workers=2, log=print)\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(iclscope.__file__).parent.parent))
+    env.pop("ICLSCOPE_FAULT", None)
+    p = subprocess.Popen([sys.executable, "-c", script, str(out)], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not all((out / c / "metrics.csv").exists() for c in ("none", "prev_token")):
+            assert p.poll() is None, "the sweep ended early"
+            time.sleep(0.1)
+        assert all((out / c / "metrics.csv").exists() for c in ("none", "prev_token")), "the workers never trained"
+        kids = _children(p.pid)
+        workers = [int((out / c / ".iclscope.pid").read_text()) for c in ("none", "prev_token")]
+        assert set(workers) <= set(kids)
+        p.send_signal(sig)
+        p.wait(timeout=30)
+        deadline = time.time() + 15
+        while time.time() < deadline and any(_alive(k) for k in kids):
+            time.sleep(0.1)
+        assert not [k for k in kids if _alive(k)], "a worker outlived the sweep"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for k in _children(p.pid):
+            os.kill(k, signal.SIGKILL)
+    # the interrupted runs are consistent: not finished, and reopen (resume) cleanly
+    for c in ("none", "prev_token"):
+        assert not (out / c / ".iclscope-finished.json").exists()

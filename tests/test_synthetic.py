@@ -283,6 +283,29 @@ def test_load_features_h5(tmp_path):
     assert torch.equal(load_features_h5(two, "b"), feats)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e39])
+def test_non_finite_features_are_refused_naming_file_and_index(tmp_path, bad):
+    h5py = pytest.importorskip("h5py")
+    import numpy as np
+    feats = torch.randn(12, 3, 8).numpy().astype(np.float64)
+    feats[4, 1, 5] = bad
+    feats[7, 0, 0] = bad  # a later one: the first is named
+    path = tmp_path / "nan.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=feats)
+    with pytest.raises(ValueError, match=r"nan\.h5:features holds a non-finite value .* at index \[4, 1, 5\]") as e:
+        load_features_h5(path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"nan\.h5.*\[4, 1, 5\]"):
+        FewShotData(FewShotConfig(n_classes=6, n_heldout_classes=4, exemplars_per_class=2, n_heldout_exemplars=1,
+                                  dim=8, features_path=str(path)))
+
+
+def test_generated_features_that_overflow_are_refused():
+    with pytest.raises(ValueError, match=r"generated features \(shared_scale=1e\+40.*non-finite.*index \[0, 0, "):
+        FewShotData(FewShotConfig(n_classes=4, n_heldout_classes=0, dim=8, shared_scale=1e40))
+
+
 def test_config_validation():
     with pytest.raises(ValueError):
         FewShotConfig(n_labels=2, bursty=0.5)  # non-bursty sequences need P+1 labels

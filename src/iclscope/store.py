@@ -25,6 +25,14 @@ Fault points (test hook). ``fault_point(label)`` SIGKILLs the process when the e
     results:before-finished (report/results.py) all results written, finished marker not yet
     stage:before-finish     (report/results.py) stage files written, stage record not yet finished
 
+    model:after-weights     (models/tiny.py) TinyModel.save: weights in the temporary folder, JSON not yet
+    checkpoint:after-weights[@N]  (train/rundir.py) the same inside a training checkpoint (of step N)
+    final:after-weights     (train/rundir.py) the same inside a run's final/ model
+    state:after-weights     (train/rundir.py) training state: weights written, optimizer state and JSON not yet
+    metrics:mid-append[@N]  (train/rundir.py) half of a metrics.csv row (of step N) appended and flushed
+    summary:<stage>         (train/rundir.py) summary.json: the <kind>:<stage> points above with kind "summary"
+                            (metrics.csv rewrites on resume use kind "csv")
+
 A ``fill`` callable may call ``fault_point`` itself (the tests use ``folder:after-weights``).
 
 No torch import here: this module is imported by everything that writes.

@@ -256,7 +256,8 @@ def load_features_h5(path: Union[str, Path], dataset: Optional[str] = None, *, m
 
     Returns (C, E, D) float32. Raises IclscopeError (a ValueError) naming the file and the shape found
     when the array is not 3-D or is too small, and when `dataset` is None but the file holds no dataset
-    or several.
+    or several; naming the file and the first bad index when it holds NaN or +-inf (or values beyond
+    float32's range).
     """
     import h5py
 
@@ -282,7 +283,20 @@ def load_features_h5(path: Union[str, Path], dataset: Optional[str] = None, *, m
             raise IclscopeError(f"{path}:{dataset} has shape {tuple(ds.shape)}: {C} classes x {E} exemplars, "
                                 f"but {min_classes} classes x {min_exemplars} exemplars are needed")
         array = ds[()]
-    return torch.as_tensor(array, dtype=torch.float32)
+    bank = torch.as_tensor(array, dtype=torch.float32)
+    check_finite(bank, f"features file {path}:{dataset}")
+    return bank
+
+
+def check_finite(bank: torch.Tensor, what: str) -> None:
+    """Refuse a feature bank (any shape) holding NaN or +-inf (also values that overflow float32): one
+    IclscopeError line naming ``what`` and the first bad index (row-major order) and its value."""
+    bad = ~torch.isfinite(bank)
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        value = float(bank[idx])
+        raise IclscopeError(f"{what} holds a non-finite value ({value}) at index {list(idx)}; features must be "
+                            "finite numbers (fix or regenerate them)")
 
 
 def generate_features(config: FewShotConfig) -> torch.Tensor:
@@ -361,8 +375,11 @@ class FewShotData:
             bank = bank[:C, :E].contiguous()
         else:
             bank = generate_features(cfg)
+            check_finite(bank, f"the generated features (shared_scale={cfg.shared_scale}, "
+                               f"prototype_scale={cfg.prototype_scale}, exemplar_noise={cfg.exemplar_noise})")
         if cfg.normalize:
             bank = bank / bank.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            check_finite(bank, "the normalised features (a norm overflowed)")
         self.features = bank  # (C, E, D)
         # flat bank: E zero rows first (class "-1"), then class c's exemplar e at row (c+1)*E + e
         self._flat_bank = torch.cat([bank.new_zeros(E, cfg.dim), bank.reshape(C * E, cfg.dim)])

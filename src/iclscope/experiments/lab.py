@@ -9,10 +9,14 @@ study's layer 1 is layer 0 here and its induction-head layer 2 is layer 1 (the l
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import multiprocessing as mp
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -20,12 +24,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import Ablate
+from .. import Ablate, store
 from ..data.synthetic import FewShotConfig, FewShotData
 from ..errors import IclscopeError
 from ..models.tiny import TinyModel
 from ..readout import answer_correct, answer_loss, induction_strength
-from ..report import ResultsDir, write_report
+from ..report import ResultsDir, results, write_report
+from ..store import safe_name
 from ..report.figures import line_panels, loss_curves
 from ..train import Trainer, detect_phase_change, load_config, validate_config
 
@@ -81,8 +86,13 @@ def additivity(run: str | Path, out: str | Path | None = None, n: int = 2048, ho
     model = TinyModel.load(ckpt)
     meta = json.loads((ckpt / "iclscope.json").read_text())
     cfg = meta.get("train_config") or json.loads((run / "config.json").read_text())
-    res = ResultsDir(out or run / "additivity", {"command": "additivity", "run": str(run), "checkpoint": ckpt.name,
-                                                 "n": n, "how": how, "seed": seed}, overwrite=True)
+    with ResultsDir(out or run / "additivity", {"command": "additivity", "run": str(run), "checkpoint": ckpt.name,
+                                                "n": n, "how": how, "seed": seed}, overwrite=True,
+                    command="additivity") as res:
+        return _additivity(res, run, ckpt, model, cfg, n, how, seed, log)
+
+
+def _additivity(res, run, ckpt, model, cfg, n, how, seed, log) -> dict:
     data = FewShotData(FewShotConfig(**{k: v for k, v in cfg["data"].items() if k != "kind"}))
     g = torch.Generator().manual_seed(seed)
     L = model.n_layers - 1
@@ -129,13 +139,14 @@ def additivity(run: str | Path, out: str | Path | None = None, n: int = 2048, ho
                "min_acc_ablating_one_head": float(single.acc_ablate_this_head.min()),
                "max_acc_one_head_alone": float(single.acc_only_this_head.max()),
                "loss_by_heads_added": add_back.loss.round(5).tolist()}
-    res.file("summary.json").write_text(json.dumps(summary, indent=2))
+    res.write_json("summary.json", summary)
     write_report(res.file("report.html"), f"Additivity of layer-{L} heads: {run}", [
         {"heading": "What was measured", "text": additivity.__doc__},
         {"heading": "Figures", "figure": fig},
         {"heading": "Per head", "table": single},
         {"heading": "Adding heads back, strongest first", "table": add_back},
     ])
+    res.mark_finished()
     log(single.round(3).to_string(index=False))
     log(add_back[["heads_active", "heads", "loss", "acc"]].round(4).to_string(index=False))
     log(f"full model: loss {full_loss:.4f}, acc {full_acc:.3f}; ablating any one head leaves acc >= "
@@ -148,6 +159,25 @@ def additivity(run: str | Path, out: str | Path | None = None, n: int = 2048, ho
 # ----------------------------------------------------------------------------------------------------
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: on Linux, ask the kernel to SIGKILL this worker when the sweep process dies (even by
+    SIGKILL, which runs no cleanup); exit at once if the parent is already gone. The worker's run folder
+    stays consistent (every write is atomic) and resumes on the next sweep."""
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal as _signal
+
+        PR_SET_PDEATHSIG = 1
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(_signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _train_worker(cfg: dict, out: str) -> str:
     torch.set_num_threads(1)
     Trainer(cfg, out, progress=False, log=lambda *a: None).train()
@@ -155,15 +185,37 @@ def _train_worker(cfg: dict, out: str) -> str:
 
 
 def _finished(out: Path, cfg: dict) -> bool:
+    """A run is reused only if it finished (its finished marker, written last) with exactly ``cfg``."""
     try:
-        return (json.loads((out / "config.json").read_text()) == json.loads(json.dumps(cfg))
-                and (out / "final" / "model.safetensors").exists())
-    except (OSError, json.JSONDecodeError):
+        return (json.loads((out / results.CONFIG).read_text()) == json.loads(store.dumps_json(cfg))
+                and json.loads((out / results.FINISHED).read_text()) is not None)
+    except (OSError, ValueError):
         return False
 
 
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """SIGTERM (and SIGHUP) raise SystemExit in the main thread, so that the worker pool is terminated on the
+    way out (SIGINT already raises KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def _run_all(jobs: list[tuple[dict, Path]], workers: int, log) -> None:
-    """Train each (cfg, out) in its own process, ``workers`` at a time; finished ones are skipped."""
+    """Train each (cfg, out) in its own process, ``workers`` at a time; finished ones are reused. Killing
+    the sweep leaves no worker behind: SIGTERM/SIGINT terminate the pool, and each worker dies with the
+    sweep process (PR_SET_PDEATHSIG) if it is SIGKILLed."""
     todo = [(c, o) for c, o in jobs if not _finished(o, c)]
     for c, o in jobs:
         if (c, o) not in todo:
@@ -172,12 +224,19 @@ def _run_all(jobs: list[tuple[dict, Path]], workers: int, log) -> None:
         return
     from tqdm.auto import tqdm
     ctx = mp.get_context("spawn")
-    with ctx.Pool(min(workers, len(todo))) as pool, tqdm(total=len(todo), unit="run", desc="trainings") as bar:
-        pending = [pool.apply_async(_train_worker, (c, str(o))) for c, o in todo]
-        for p in pending:
-            out = p.get()
-            bar.update(1)
-            bar.write(f"  finished {out}")
+    with _stop_on_sigterm(), ctx.Pool(min(workers, len(todo)), initializer=_die_with_parent,
+                                      initargs=(os.getpid(),)) as pool, \
+            tqdm(total=len(todo), unit="run", desc="trainings") as bar:
+        try:
+            pending = [pool.apply_async(_train_worker, (c, str(o))) for c, o in todo]
+            for p in pending:
+                out = p.get()
+                bar.update(1)
+                bar.write(f"  finished {out}")
+        except BaseException:
+            pool.terminate()
+            pool.join()
+            raise
 
 
 def _curves(out: Path, seeds: list[int]) -> list[pd.DataFrame]:
@@ -221,7 +280,14 @@ def clamp_sweep(config=None, out: str | Path = "results/clamp-sweep", seeds=(0, 
     base["train"]["threads"] = 1
     base["eval"]["batch"] = min(int(base["eval"]["batch"]), 256)  # many runs: lighter evaluations
     out = Path(out)
-    res = ResultsDir(out, {"command": "clamp-sweep", "base": base, "conditions": conditions})
+    with ResultsDir(out, {"command": "clamp-sweep", "base": base, "conditions": conditions},
+                    command="clamp-sweep") as res:
+        table = _clamp_sweep(res, out, base, conditions, seeds, sequences, workers, log)
+        res.mark_finished()
+    return table
+
+
+def _clamp_sweep(res, out, base, conditions, seeds, sequences, workers, log) -> pd.DataFrame:
     needs_none = any("@none" in json.dumps(CONDITIONS[c]) for c in conditions)
     if needs_none and "none" not in conditions:
         conditions = ["none"] + conditions
@@ -275,13 +341,20 @@ def data_sweep(config=None, vary: str = "labels=5,10,15", out: str | Path = "res
         base["train"]["sequences"] = int(sequences)
     out = Path(out)
     vals = [json.loads(v) if v.replace(".", "", 1).replace("-", "", 1).isdigit() else v for v in values.split(",")]
-    res = ResultsDir(out, {"command": "data-sweep", "base": base, "vary": key, "values": vals})
     jobs = []
-    for v in vals:
+    for v in vals:  # every config is checked before anything is written
         cfg = copy.deepcopy(base)
         cfg[section][field] = v
         cfg["name"] = f"{name}={v}"
-        jobs.append((validate_config(cfg), out / f"{name}={v}"))
+        jobs.append((validate_config(cfg), out / safe_name(f"{name}={v}")))  # a user value: never a path
+    with ResultsDir(out, {"command": "data-sweep", "base": base, "vary": key, "values": vals},
+                    command="data-sweep") as res:
+        table = _data_sweep(res, out, base, name, key, vals, jobs, seeds, workers, log)
+        res.mark_finished()
+    return table
+
+
+def _data_sweep(res, out, base, name, key, vals, jobs, seeds, workers, log) -> pd.DataFrame:
     log(f"data sweep over {key} = {vals}: {len(vals)} runs x {len(seeds)} seeds -> {out}/")
     _run_all(jobs, workers, log)
     thr = float(base["eval"]["phase_threshold"])

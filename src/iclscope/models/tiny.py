@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -310,19 +311,32 @@ class TinyModel(Model):
         self.module.to(device=device, dtype=dtype)
         return self
 
-    def save(self, path: str | Path, extra: dict | None = None) -> Path:
-        """Write model.safetensors and iclscope.json (config, plus ``extra`` metadata) into ``path``.
-        An ensemble saves all members (load gives the ensemble back; ``member(r)`` takes one)."""
+    def save(self, path: str | Path, extra: dict | None = None, *,
+             fault: str | tuple[str, ...] = "model:after-weights") -> Path:
+        """Write model.safetensors and iclscope.json (config, plus ``extra`` metadata) into the folder
+        ``path``, whole: both files go into a temporary folder beside it that is then renamed to ``path``
+        (``store.write_folder_atomically``), so ``path`` is at every moment absent, the complete old
+        checkpoint or the complete new one, never weights without their JSON. An ensemble saves all members
+        (load gives the ensemble back; ``member(r)`` takes one). ``fault``: the test fault point label(s)
+        checked once the weights are written and the JSON is not (see ``iclscope.store``)."""
+        from .. import store
+
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            other = sorted(set(os.listdir(path)) - {WEIGHTS_FILE, CONFIG_FILE}) if path.is_dir() else [path.name]
+            if other:
+                raise IclscopeError(f"{path} holds other files ({', '.join(other[:3])}); a checkpoint replaces its "
+                                    "folder whole, so nothing was written: save into a new or empty folder")
         state = {k: v.detach().contiguous().cpu() for k, v in self.module.state_dict().items()}
-        tmp = path / (WEIGHTS_FILE + ".tmp")
-        save_file(state, str(tmp))
-        tmp.replace(path / WEIGHTS_FILE)
         meta = {"kind": "iclscope-tiny", "config": asdict(self.cfg), "n_models": self.n_models, **(extra or {})}
-        (path / (CONFIG_FILE + ".tmp")).write_text(json.dumps(meta, indent=2))
-        (path / (CONFIG_FILE + ".tmp")).replace(path / CONFIG_FILE)
-        return path
+
+        def fill(folder: Path) -> None:
+            save_file(state, str(folder / WEIGHTS_FILE))
+            for label in (fault,) if isinstance(fault, str) else fault:
+                store.fault_point(label)
+            (folder / CONFIG_FILE).write_text(store.dumps_json(meta))
+
+        return store.write_folder_atomically(path, fill)
 
     @classmethod
     def load(cls, path: str | Path, device=None, dtype=None) -> "TinyModel":

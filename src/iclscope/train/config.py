@@ -8,13 +8,14 @@ objective (``objectives.OBJECTIVES``). The shipped configs live in src/iclscope/
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import fields
 from pathlib import Path
 
+from .. import schema
 from ..errors import IclscopeError
+from ..schema import validate_train_config
 from ..models.tiny import TinyConfig
-from .clamps import CLAMP_KEYS, CLAMP_KINDS, DYNAMIC_PATTERNS
+from .clamps import DYNAMIC_PATTERNS
 from .objectives import OBJECTIVES
 
 try:  # Python >= 3.11
@@ -28,10 +29,8 @@ DEFAULT_CONFIG = CONFIG_DIR / "fewshot.toml"
 MODEL_KEYS = {f.name for f in fields(TinyConfig)} - {"vocab_size", "d_input", "n_ctx"}
 DATA_KINDS = {kind: o.config_class for kind, o in OBJECTIVES.items()}
 DATA_KEYS = {kind: {"kind"} | {f.name for f in fields(c)} for kind, c in DATA_KINDS.items()}
-TRAIN_DEFAULTS = dict(optimizer="adam", lr=1e-5, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0, batch_size=32,
-                      sequences=1_000_000, seeds=[5], threads=2)
-EVAL_DEFAULTS = dict(every=250, batch=512, clamps=True, induction_len=8, phase_threshold=0.4 * math.log(2),
-                     checkpoint_every=2500, log_checkpoints=True)
+TRAIN_DEFAULTS = copy.deepcopy(schema.TRAIN_DEFAULTS)  # the schema is the one source of defaults
+EVAL_DEFAULTS = dict(schema.EVAL_DEFAULTS)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> dict:
@@ -87,53 +86,17 @@ def _merge(base: dict, new: dict) -> None:
 
 
 def validate_config(cfg: dict) -> dict:
-    """Check every key (an unknown one is an error naming it) and fill defaults. Returns a copy."""
-    cfg = copy.deepcopy(cfg)
-    kind = (cfg.get("data") or {}).get("kind", "fewshot")
-    if kind not in DATA_KINDS:
-        raise IclscopeError(f"data.kind {kind!r} is not known; use one of {', '.join(DATA_KINDS)}")
-    allowed = {"name": None, "model": MODEL_KEYS, "data": DATA_KEYS[kind], "train": set(TRAIN_DEFAULTS),
-               "eval": set(EVAL_DEFAULTS), "clamp": None}
-    for k in cfg:
-        if k not in allowed:
-            raise IclscopeError(f"unknown config key {k!r}; sections are model, data, train, eval, clamp")
-    for sec in ("model", "data", "train", "eval"):
-        cfg.setdefault(sec, {})
-        if not isinstance(cfg[sec], dict):
-            raise IclscopeError(f"config [{sec}] must be a table")
-        bad = sorted(set(cfg[sec]) - allowed[sec])
-        if bad:
-            raise IclscopeError(f"unknown config key(s) {', '.join(sec + '.' + b for b in bad)}; "
-                                f"known: {', '.join(sorted(allowed[sec]))}")
-    cfg["train"] = {**TRAIN_DEFAULTS, **cfg["train"]}
-    cfg["eval"] = {**EVAL_DEFAULTS, **cfg["eval"]}
-    cfg["data"].setdefault("kind", "fewshot")
-    t = cfg["train"]
-    if isinstance(t["seeds"], int):
-        t["seeds"] = [t["seeds"]]
-    if not t["seeds"] or len(set(t["seeds"])) != len(t["seeds"]):
-        raise IclscopeError(f"train.seeds must be a non-empty list of distinct seeds, got {t['seeds']}")
-    if t["optimizer"] not in ("adam", "adamw"):
-        raise IclscopeError(f"train.optimizer must be 'adam' or 'adamw', got {t['optimizer']!r}")
-    for key in ("lr", "batch_size", "sequences"):
-        if not isinstance(t[key], (int, float)) or t[key] <= 0:
-            raise IclscopeError(f"train.{key} must be a positive number, got {t[key]!r}")
-    clamps = cfg.get("clamp", [])
-    if isinstance(clamps, dict):
-        clamps = [clamps]
-    for i, c in enumerate(clamps):
-        bad = sorted(set(c) - CLAMP_KEYS)
-        if bad:
-            raise IclscopeError(f"clamp {i}: unknown key(s) {', '.join(bad)}; known: {', '.join(sorted(CLAMP_KEYS))}")
-        if c.get("kind") not in CLAMP_KINDS:
-            raise IclscopeError(f"clamp {i}: kind must be one of {', '.join(CLAMP_KINDS)}, got {c.get('kind')!r}")
-    cfg["clamp"] = clamps
-    for c in clamps:
+    """Check every key and value (``iclscope.schema.validate_train_config``: an unknown key, a value of the
+    wrong type or range is one IclscopeError line naming the key) and fill defaults. Returns a copy.
+    Nothing is written anywhere: the trainer calls this before it touches the run folder."""
+    cfg = validate_train_config(cfg)
+    kind = cfg["data"]["kind"]
+    for i, c in enumerate(cfg["clamp"]):
         pattern = c.get("pattern")
         if pattern in DYNAMIC_PATTERNS and pattern not in OBJECTIVES[kind].dynamic_patterns:
-            raise IclscopeError(f"pattern {pattern!r} needs {DYNAMIC_PATTERNS[pattern]}")
-    data_config(cfg)  # validates the data section
-    model_config(cfg)  # validates the model section
+            raise IclscopeError(f"clamp[{i}].pattern = {pattern!r}: needs {DYNAMIC_PATTERNS[pattern]}")
+    data_config(cfg)  # the dataclasses' own checks
+    model_config(cfg)
     return cfg
 
 

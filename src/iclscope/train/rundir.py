@@ -1,52 +1,90 @@
 """What is in a run folder, and how is it written so that a killed run resumes exactly?
 
-    RUN/config.json          the full config (a resume with a different config is refused)
-    RUN/metrics.csv          one row per evaluation (fsynced); rows after the saved state are dropped on resume
+    RUN/.iclscope.json       ownership marker (the folder is a ``report.results.ResultsDir``, command "train")
+    RUN/.iclscope.lock       OS lock held for the whole training: a second ``train`` on RUN fails at once
+    RUN/config.json          the full config, written atomically (a rerun with another config is refused)
+    RUN/metrics.csv          one row per evaluation, appended and fsynced; on resume the rows after the saved
+                             state (and a row cut by a kill) are dropped, the file replaced atomically
     RUN/events.*             TensorBoard event files (the same measures)
-    RUN/summary.json         final measures and the phase change
-    RUN/checkpoints/step_N/  model checkpoints
-    RUN/state/               the training state (weights, Adam moments, data RNGs), replaced atomically:
-                             written to state.tmp, then state -> state.old, state.tmp -> state
-    RUN/final/               the trained model (all seeds of an ensemble in one checkpoint)
+    RUN/summary.json         final measures and the phase change (strict JSON: null, never NaN)
+    RUN/checkpoints/step_N/  model checkpoints, each renamed into place whole (weights + JSON)
+    RUN/state/               the training state (weights, Adam moments, data RNGs), renamed into place whole
+    RUN/final/               the trained model (all seeds of an ensemble in one checkpoint), renamed in whole
+    RUN/.iclscope-finished.json  written last: the run is finished (never judged by final/ existing)
 
 An ensemble's per-member files (metrics, events, summary, checkpoints) live in RUN/seed_S/.
+
+Rerunning a folder:
+
+* same config, finished: reused (nothing is trained or rewritten; the summaries are read back);
+* same config, not finished: resumed from state/ (exactly: the same rows as an uninterrupted run);
+* a config that differs ONLY in ``train.sequences``, and asks for more: the run is extended from its saved
+  state to the new length. Its rows so far are kept, so an extended finished run has one more evaluation
+  row (and checkpoint) at the old last step than a run trained to the new length at once, and the train
+  loss of the next row averages the steps after it;
+* any other difference: refused, naming the differing keys; nothing is changed.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import os
-import shutil
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import store
 from ..errors import IclscopeError
+from ..report.results import CONFIG, ResultsDir, diff_keys
+from ..store import fault_point
 
 
 class RunDir:
-    """The folder ``out`` of a run of ``cfg`` over ``seeds``. Creating it writes config.json, or checks
-    that the one there is ``cfg`` (else IclscopeError naming the differing keys; nothing is changed)."""
+    """The folder ``out`` of a run of ``cfg`` over ``seeds``, open and locked (a ``ResultsDir`` with
+    command "train") until ``close()``. Opening it refuses a foreign non-empty folder, a folder in use by
+    another process, and a run of a different config (naming the differing keys); see the module docstring
+    for what a rerun does. ``status`` is "new", "resumed", "reused" or "extended"."""
 
     def __init__(self, out: str | Path, cfg: dict, seeds: list[int]):
         self.out = Path(out)
         self.seeds = list(seeds)
         self.R = len(self.seeds)
-        self.out.mkdir(parents=True, exist_ok=True)
-        cfg_file = self.out / "config.json"
-        new = json.loads(json.dumps(cfg))
-        if cfg_file.exists():
-            old = json.loads(cfg_file.read_text())
-            if old != new:
-                diff = _diff_keys(old, new)
-                raise IclscopeError(f"{self.out} holds a run of a different config (differs in: {', '.join(diff)}); "
-                                    f"nothing was changed there: choose another --out")
-        else:
-            cfg_file.write_text(json.dumps(new, indent=2))
+        new = json.loads(store.dumps_json(cfg))
+        old = self._old_config()
+        self.extended_from = None
+        overwrite = False
+        if old is not None and old != new and diff_keys(old, new) == ["train.sequences"]:
+            a, b = old["train"]["sequences"], new["train"]["sequences"]
+            if isinstance(a, (int, float)) and float(b) > float(a):
+                overwrite, self.extended_from = True, a
+        try:
+            self.res = ResultsDir(self.out, new, overwrite=overwrite, command="train")
+        except IclscopeError as e:
+            if old is not None and "different config" in str(e) and diff_keys(old, new) == ["train.sequences"]:
+                raise IclscopeError(f"{self.out} holds a run of train.sequences = {old['train']['sequences']}; a "
+                                    f"rerun may only extend it (ask for more), not shorten it to "
+                                    f"{new['train']['sequences']}; nothing was changed there") from None
+            raise
+        finished = self.res.was_finished
+        self.status = ("extended" if self.extended_from is not None else "reused" if finished
+                       else "resumed" if (self.out / "state").exists() else "new")
+
+    def _old_config(self) -> dict | None:
+        try:
+            return json.loads((self.out / CONFIG).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        """Release the folder's lock (idempotent)."""
+        self.res.close()
+
+    def mark_finished(self) -> None:
+        """The run is complete: the finished marker, written after every other file."""
+        self.res.mark_finished({"steps_info": "see summary.json"})
 
     def member_dir(self, r: int) -> Path:
         """The folder of member r: RUN itself for a single seed, RUN/seed_S for an ensemble."""
@@ -55,36 +93,38 @@ class RunDir:
     # ------------------------------------------------------------------ training state
     def save_state(self, module: torch.nn.Module, opt: torch.optim.Optimizer, gens: list[torch.Generator],
                    step: int, running: tuple) -> None:
-        """Weights, optimizer state, data RNG states, step and the running loss (sums, count), atomically."""
-        tmp, final, old = self.out / "state.tmp", self.out / "state", self.out / "state.old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp / "model.safetensors"))
+        """Weights, optimizer state, data RNG states, step and the running loss (sums, count): RUN/state is
+        replaced whole (a temporary folder renamed into place)."""
+        weights = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
         opt_state = {}
         for i, p in enumerate(module.parameters()):
             for k, v in opt.state.get(p, {}).items():
-                opt_state[f"{i}.{k}"] = v.detach().contiguous() if torch.is_tensor(v) else torch.tensor(v)
-        save_file(opt_state, str(tmp / "optim.safetensors"))
+                opt_state[f"{i}.{k}"] = (v.detach().contiguous().cpu() if torch.is_tensor(v) else torch.tensor(v))
         meta = {"step": step, "running": list(running),
                 "gens": [base64.b64encode(g.get_state().numpy().tobytes()).decode() for g in gens]}
-        (tmp / "state.json").write_text(json.dumps(meta))
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+
+        def fill(folder: Path) -> None:
+            save_file(weights, str(folder / "model.safetensors"))
+            fault_point("state:after-weights")
+            save_file(opt_state, str(folder / "optim.safetensors"))
+            (folder / "state.json").write_text(store.dumps_json(meta))
+
+        store.write_folder_atomically(self.out / "state", fill)
 
     def load_state(self, module: torch.nn.Module, opt: torch.optim.Optimizer,
                    gens: list[torch.Generator]) -> tuple[int, tuple] | None:
         """Restore a saved state into module, opt and gens; returns (step, running), or None if none."""
         d = self.out / "state"
-        if not d.exists() and (self.out / "state.old").exists():
-            d = self.out / "state.old"  # killed between the two renames
+        store.recover_folder(d)
         if not (d / "state.json").exists():
             return None
-        meta = json.loads((d / "state.json").read_text())
-        module.load_state_dict(load_file(str(d / "model.safetensors")))
-        flat = load_file(str(d / "optim.safetensors"))
+        try:
+            meta = json.loads((d / "state.json").read_text())
+            module.load_state_dict(load_file(str(d / "model.safetensors")))
+            flat = load_file(str(d / "optim.safetensors"))
+        except Exception as e:  # cannot happen with whole-folder renames; say so in one line if it does
+            raise IclscopeError(f"{d}: the saved training state is unreadable ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''}); delete {d} to restart") from None
         params = list(module.parameters())
         for key, v in flat.items():
             i, k = key.split(".", 1)
@@ -98,29 +138,57 @@ class RunDir:
         return self.member_dir(r) / "metrics.csv"
 
     def append_metrics(self, r: int, row: dict) -> None:
-        """Append one row to member r's metrics.csv (the header first in a new file); fsynced."""
+        """Append one row to member r's metrics.csv (the header first in a new file); fsynced. A row cut by
+        a kill is dropped on resume (``read_metrics``)."""
         p = self.metrics_path(r)
         p.parent.mkdir(parents=True, exist_ok=True)
-        new = not p.exists() or p.stat().st_size == 0
+        header = ",".join(row) + "\n"
+        if not p.exists() or p.stat().st_size == 0:
+            store.write_text(p, header, kind="csv")
+        line = ",".join(_cell(v) for v in row.values()) + "\n"
         with open(p, "a") as f:
-            if new:
-                f.write(",".join(row) + "\n")
-            f.write(",".join(repr(v) if isinstance(v, float) else str(v) for v in row.values()) + "\n")
+            half = len(line) // 2
+            f.write(line[:half])
+            f.flush()
+            fault_point("metrics:mid-append")
+            fault_point(f"metrics:mid-append@{row['step']}")
+            f.write(line[half:])
             f.flush()
             os.fsync(f.fileno())
 
-    def read_metrics(self, r: int, keep_until: int) -> list[dict]:
-        """Rows up to the resumed step; later rows (written after the last saved state) are dropped and
-        will be recomputed identically, so none is lost or duplicated."""
+    def read_metrics(self, r: int, keep_until: int | None) -> list[dict]:
+        """Rows up to the resumed step (``None``: none); later rows (written after the last saved state) and
+        a row cut short by a kill are dropped, and will be recomputed identically, so none is lost or
+        duplicated. The file is rewritten atomically (the kept lines byte for byte)."""
         p = self.metrics_path(r)
-        if not p.exists() or p.stat().st_size == 0:
+        if not p.exists():
             return []
-        df = pd.read_csv(p)
-        df = df[df.step <= keep_until] if keep_until else df.iloc[0:0]
-        tmp = p.with_suffix(".csv.tmp")
-        df.to_csv(tmp, index=False) if len(df) else tmp.write_text("")
-        tmp.replace(p)
-        return df.to_dict("records")
+        text = p.read_text()
+        lines = text.split("\n")
+        complete = lines[:-1]  # the last piece has no newline: empty, or a line cut by a kill
+        if not complete:
+            if text:
+                store.write_text(p, "", kind="csv")
+            return []
+        header = complete[0].split(",")
+        kept, rows = [complete[0]], []
+        if keep_until is not None:
+            for line in complete[1:]:
+                cells = line.split(",")
+                if len(cells) != len(header):
+                    break
+                try:
+                    row = {k: _parse(v) for k, v in zip(header, cells)}
+                except ValueError:
+                    break
+                if row["step"] > keep_until:
+                    break
+                kept.append(line)
+                rows.append(row)
+        new = "\n".join(kept) + "\n"
+        if new != text:
+            store.write_text(p, new, kind="csv")
+        return rows
 
     def event_writers(self, resumed: int) -> list:
         """One TensorBoard SummaryWriter per member; events after step ``resumed`` are purged."""
@@ -130,33 +198,52 @@ class RunDir:
                 for r in range(self.R)]
 
     def write_summary(self, r: int, summary: dict) -> None:
-        (self.member_dir(r) / "summary.json").write_text(json.dumps(summary, indent=2))
+        """Member r's summary.json, strict JSON (NaN and inf become null), atomically."""
+        store.write_text(self.member_dir(r) / "summary.json", store.dumps_json(summary), kind="summary")
+
+    def read_summary(self, r: int) -> dict:
+        """Member r's summary as written (nulls read back as NaN in the numeric tables)."""
+        s = json.loads((self.member_dir(r) / "summary.json").read_text())
+        for key in ("final", "induction_strength"):
+            if isinstance(s.get(key), dict):
+                s[key] = {k: (math.nan if v is None else v) for k, v in s[key].items()}
+        return s
 
     # ------------------------------------------------------------------ models
     def save_checkpoints(self, model, step: int, sequences: int, train_config: dict,
                          token_layout: dict | None = None) -> None:
-        """Each member's model into its checkpoints/step_N/, with step, sequences, its seed, the config
-        and (for token data) the token layout as metadata."""
+        """Each member's model into its checkpoints/step_N/ (renamed into place whole), with step,
+        sequences, its seed, the config and (for token data) the token layout as metadata."""
         layout = {"token_layout": token_layout} if token_layout is not None else {}
         for r in range(self.R):
             m = model if self.R == 1 else model.member(r)
             m.save(self.member_dir(r) / "checkpoints" / f"step_{step:07d}",
                    extra={"step": step, "sequences": sequences, "seed": self.seeds[r], "train_config": train_config,
-                          **layout})
-
-    def has_final(self) -> bool:
-        return (self.out / "final" / "model.safetensors").exists()
+                          **layout}, fault=("checkpoint:after-weights", f"checkpoint:after-weights@{step}"))
 
     def save_final(self, model, step: int, token_layout: dict | None = None) -> None:
-        """The whole trained ensemble (member r = seed r) into RUN/final, e.g. a frozen source for Graft clamps."""
+        """The whole trained ensemble (member r = seed r) into RUN/final (renamed into place whole), e.g. a
+        frozen source for Graft clamps."""
         layout = {"token_layout": token_layout} if token_layout is not None else {}
-        model.save(self.out / "final", extra={"seeds": self.seeds, "step": step, **layout})
+        model.save(self.out / "final", extra={"seeds": self.seeds, "step": step, **layout}, fault="final:after-weights")
 
 
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    if hasattr(v, "item"):
+        v = v.item()
+        return repr(v) if isinstance(v, float) else str(v)
+    return str(v)
+
+
+def _parse(text: str):
+    """A metrics cell back as a number (int when integral text, else float: nan/inf included)."""
+    if text == "":
+        return math.nan
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ..errors import IclscopeError
 from ..models.tiny import TinyModel
 from .clamps import Clamps
 from .config import data_config, model_config, validate_config
@@ -25,8 +26,18 @@ from .phase import detect_phase_change
 from .rundir import RunDir
 
 
+class TrainingDiverged(IclscopeError):
+    """Training stopped because the loss (or a weight after an optimizer step) was not finite. The message
+    is one line naming the step; the run folder keeps the last good state and its checkpoints, and nothing
+    non-finite was written. A run-time fault, not bad input: the CLI exits 1 on it."""
+
+
 class Trainer:
-    """Train one config (an ensemble over its seeds) into a run folder; resumes where it stopped."""
+    """Train one config (an ensemble over its seeds) into a run folder; resumes where it stopped.
+
+    Everything that can refuse the config (validation, data and features, model, clamps, evaluation sets)
+    runs before the run folder is opened, so a refused config writes nothing. The folder (``RunDir``) is
+    then open and locked until ``train()`` returns or raises (or ``close()``)."""
 
     def __init__(self, cfg: dict, out: str | Path, progress: bool = True, log=print):
         self.cfg = validate_config(cfg)
@@ -34,8 +45,7 @@ class Trainer:
         t, e = self.cfg["train"], self.cfg["eval"]
         self.seeds = list(t["seeds"])
         self.R = len(self.seeds)
-        self.run_dir = RunDir(out, self.cfg, self.seeds)
-        self.out = self.run_dir.out
+        self.out = Path(out)
         torch.set_num_threads(int(t["threads"]))
         self.objective = OBJECTIVES[self.cfg["data"]["kind"]](data_config(self.cfg), self.R)
         self.model = TinyModel(model_config(self.cfg), seeds=self.seeds)
@@ -49,6 +59,12 @@ class Trainer:
         self.clamps = Clamps(self.cfg["clamp"], self.model, self.out)
         self.objective.build_eval_sets(int(e["batch"]), int(e["induction_len"]),
                                        torch.Generator().manual_seed(EVAL_SEED))
+        self.saved_step = None
+        self.run_dir = RunDir(self.out, self.cfg, self.seeds)  # last: the first write
+
+    def close(self) -> None:
+        """Release the run folder's lock (``train()`` does this itself)."""
+        self.run_dir.close()
 
     # ------------------------------------------------------------------ steps
     def sample(self):
@@ -87,7 +103,26 @@ class Trainer:
         return steps
 
     def train(self) -> list[dict]:
-        """Train to the end (resuming from a saved state); returns one summary per member."""
+        """Train to the end (resuming from a saved state); returns one summary per member. A finished run
+        of the same config is reused (nothing trained); see ``rundir`` for extending a finished run.
+        Raises TrainingDiverged (one line naming the step) if the loss or the weights stop being finite."""
+        rd = self.run_dir
+        try:
+            if rd.status == "reused":
+                self.log(f"reusing finished run {self.out} (same config; nothing trained)")
+                summaries = [rd.read_summary(r) for r in range(self.R)]
+                rd.mark_finished()
+                return summaries
+            if rd.status == "extended":
+                self.log(f"extending finished run {self.out} from {rd.extended_from:,} to "
+                         f"{self.cfg['train']['sequences']:,} sequences")
+            summaries = self._train()
+            rd.mark_finished()  # last: the run is complete
+            return summaries
+        finally:
+            rd.close()
+
+    def _train(self) -> list[dict]:
         from tqdm.auto import tqdm
 
         rd = self.run_dir
@@ -95,6 +130,7 @@ class Trainer:
         loaded = rd.load_state(self.model.module, self.opt, self.gens)
         if loaded:
             self.step, running = loaded
+            self.saved_step = self.step
         else:
             running = ([0.0] * self.R, 0)
         resumed = self.step
@@ -102,23 +138,28 @@ class Trainer:
             self.log(f"resuming {self.out} at step {resumed} of {self.total_steps}")
         every = max(1, int(self.cfg["eval"]["every"]))
         ckpts = self.checkpoint_steps()
-        rows = [rd.read_metrics(r, keep_until=resumed) for r in range(self.R)]
+        rows = [rd.read_metrics(r, keep_until=resumed if loaded else None) for r in range(self.R)]
         writers = rd.event_writers(resumed)
         loss_sum, loss_n = torch.tensor(running[0], dtype=torch.float64).reshape(-1).expand(self.R).clone(), running[1]
+        params = list(self.model.module.parameters())
         t0 = time.time()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=None if self.progress else True, unit="step",
                    desc=self.cfg.get("name", "train"), dynamic_ncols=True, mininterval=1.0)
         try:
             with self.model.intervene(self.clamps.static):
-                if self.step == 0:
+                if not loaded:  # a state saved at step 0 already has its step-0 row and checkpoint
                     self._evaluate_and_log(rows, writers, None, ckpts)
                     self._save_state(([0.0] * self.R, 0))
                 while self.step < self.total_steps:
                     batch = self.sample()
                     losses = self.loss(batch)
+                    if not bool(torch.isfinite(losses).all()):
+                        raise self._diverged("the training loss is", losses.detach())
                     self.opt.zero_grad(set_to_none=True)
                     losses.sum().backward()
                     self.opt.step()
+                    if not bool(torch.isfinite(torch.stack([p.detach().sum() for p in params])).all()):
+                        raise self._diverged("a weight became", None)
                     self.step += 1
                     loss_sum += losses.detach()
                     loss_n += 1
@@ -136,12 +177,25 @@ class Trainer:
             bar.close()
             for w in writers:
                 w.close()
-        if self.step >= self.total_steps and not rd.has_final():
-            rd.save_final(self.model, self.step, self.objective.token_layout)
+        rd.save_final(self.model, self.step, self.objective.token_layout)
         return [self._summarize(r, rows[r], time.time() - t0, resumed) for r in range(self.R)]
+
+    def _diverged(self, what: str, losses: torch.Tensor | None) -> TrainingDiverged:
+        step = self.step + 1
+        if losses is not None:
+            bad = [f"{v} (seed {s})" for v, s in zip(losses.reshape(-1).tolist(), self.seeds) if not math.isfinite(v)]
+            what = f"{what} {', '.join(bad)}"
+        else:
+            what = f"{what} non-finite after the optimizer step"
+        kept = (f"the last good state (step {self.saved_step}) and its checkpoints are kept"
+                if self.saved_step is not None else "no state was saved yet")
+        return TrainingDiverged(f"training diverged at step {step} of {self.total_steps}: {what}; stopped, nothing "
+                                f"non-finite was written; {kept} in {self.out}: lower train.lr and train into a "
+                                f"new --out")
 
     def _save_state(self, running: tuple) -> None:
         self.run_dir.save_state(self.model.module, self.opt, self.gens, self.step, running)
+        self.saved_step = self.step
 
     def _evaluate_and_log(self, rows, writers, train_loss, ckpts) -> None:
         measures = self.evaluate()
@@ -178,5 +232,6 @@ class Trainer:
 
 
 def train(cfg: dict, out: str | Path, progress: bool = True, log=print) -> list[dict]:
-    """Train ``cfg`` into ``out`` (resuming if a state is there). Returns one summary per seed."""
+    """Train ``cfg`` into ``out`` (resuming if a state is there, reusing a finished run of the same config).
+    Returns one summary per seed."""
     return Trainer(cfg, out, progress=progress, log=log).train()
