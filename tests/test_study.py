@@ -5,6 +5,7 @@ finished job."""
 
 import hashlib
 import json
+import operator
 import os
 import signal
 import subprocess
@@ -118,7 +119,7 @@ def test_resource_estimates():
         estimate_resources("x", params=7 * 10**9, gpus_per_node=1, gpu_memory_bytes=16 * GIB)
     with pytest.raises(IclscopeError, match="unknown dtype 'int3'"):
         estimate_resources("x", params=1, dtype="int3")
-    assert "1.00B parameters" in estimate_resources("x", params=10**9).describe()
+    assert "(1B parameters, float32)" in estimate_resources("x", params=10**9).describe()
 
 
 # ------------------------------------------------------------------------------------------------ engine
@@ -135,15 +136,11 @@ def test_storage_check_names_host_and_path(tmp_path):
         check_writable("/proc")  # a folder nobody can create files in, root included
 
 
-def _noop(x):
-    return x * 2
-
-
 def test_engine_runs_jobs_in_workers_and_checks_storage_there(tmp_path):
     with Engine(num_cpus=2) as eng:
-        ok = eng.submit(_noop, 21, resources=Resources(num_cpus=1, memory_bytes=GIB // 4), writes=tmp_path)
-        bad = eng.submit(_noop, 1, resources=Resources(num_cpus=1), writes=tmp_path / "not-shared", name="atlas-x")
-        ro = eng.submit(_noop, 1, resources=Resources(num_cpus=1), writes="/proc")
+        ok = eng.submit(operator.mul, 21, 2, resources=Resources(num_cpus=1, memory_bytes=GIB // 4), writes=tmp_path)
+        bad = eng.submit(operator.mul, 1, 2, resources=Resources(num_cpus=1), writes=tmp_path / "not-shared", name="atlas-x")
+        ro = eng.submit(operator.mul, 1, 2, resources=Resources(num_cpus=1), writes="/proc")
         assert eng.result(ok) == 42
         out = eng.outcome(bad)
         assert not out["ok"] and out["error"].startswith(f"host {out['host']} cannot write the results folder "

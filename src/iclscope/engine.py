@@ -332,7 +332,12 @@ class Engine:
         try:
             return self._ray.get(job.ref)
         except Exception as e:  # noqa: BLE001  RayTaskError, WorkerCrashedError, OutOfMemoryError, ...
-            first = (str(e).strip().splitlines() or [""])[0]
+            import re
+
+            cause = getattr(e, "cause", None) or e
+            lines = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(cause)).strip().splitlines()
+                     if ln.strip() and not ln.startswith(("ray::", "Traceback", "  "))]
+            e, first = cause, (lines[-1] if lines else "")
             return {"ok": False, "error": f"the worker of {job.name} died: {type(e).__name__}: {first}"[:400],
                     "host": None}
 
