@@ -83,6 +83,15 @@ def test_bad_study_file_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(IclscopeError, match="tasks.folders: /no/such/tasks: no such folder"):
         run_study(f, tmp_path / "out", log=lambda *a: None)
     assert not (tmp_path / "out").exists()
+    import argparse
+
+    from iclscope.experiments.study import add_study_parser, cmd_study
+    parser = argparse.ArgumentParser()
+    add_study_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["study", str(f), "--out", str(tmp_path / "out"), "--num-cpus", "2"])
+    assert args.fn is cmd_study and args.num_cpus == 2 and args.address is None
+    with pytest.raises(IclscopeError, match="no such folder"):
+        cmd_study(args)
     f.write_text("[[model]\n")
     with pytest.raises(IclscopeError, match="not valid TOML"):
         load_study(f)
