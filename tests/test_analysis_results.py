@@ -98,6 +98,14 @@ def test_tasks_build_never_overwrites_user_files(tmp_path):
     d = tmp_path / "t"
     build_tasks(d, names=["capitalize"], words_file=tmp_path / "no_words")  # resource missing: skipped
     assert not d.exists() or not any(d.iterdir())
+    # a folder made by tasks build, where the user has since put a capitalize.json of their own
+    d.mkdir(exist_ok=True)
+    (d / ".iclscope-tasks").write_text('{"iclscope": "tasks", "files": ["antonym"]}')
+    (d / "capitalize.json").write_text('[{"input": "mine", "output": "MINE"}]')
+    before = tree_hash(d)
+    with pytest.raises(TaskError, match="capitalize.json was not written by"):
+        build_tasks(d, names=["capitalize"])
+    assert tree_hash(d) == before
 
 
 ATLAS_SCRIPT = """
