@@ -157,5 +157,5 @@ def test_model_level_input_is_refused(tmp_path, model):
     with pytest.raises(IclscopeError, match="empty input"):
         model(torch.zeros(2, 0, dtype=torch.long))
     short = iclscope.load("random:gpt2:layers=1,heads=2,d_model=16,n_ctx=8")
-    with pytest.raises(IclscopeError, match="longer than the model's context"):
+    with pytest.raises(IclscopeError, match="longer than the model's n_ctx=8"):
         short(torch.zeros(1, 9, dtype=torch.long))

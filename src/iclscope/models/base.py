@@ -311,8 +311,8 @@ class Model:
             raise IclscopeError(f"empty input: token ids of shape {tuple(tok.shape)} (need at least one sequence of "
                                 f"at least one token)")
         if self.n_ctx is not None and tok.shape[1] > self.n_ctx:
-            raise IclscopeError(f"sequence of length {tok.shape[1]} is longer than the model's context "
-                                f"(n_ctx={self.n_ctx}); shorten the prompts")
+            raise IclscopeError(f"sequence of length {tok.shape[1]} is longer than the model's n_ctx="
+                                f"{self.n_ctx} (its context); shorten the prompts")
         if tok.numel():
             lo, hi = (int(v) for v in torch.aminmax(tok))  # one reduction: this runs every training step
             if lo < 0 or hi >= self.vocab_size:
