@@ -78,10 +78,15 @@ def test_atlas_reuses_finished_stages(tmp_path):
     (tmp_path / "a" / "ablation.csv").unlink()  # as if killed during the ablation study
     msgs = []
     run_atlas("random:gpt2", tmp_path / "a", model=model, log=msgs.append, **FAST)
-    assert any("reusing heads.csv" in m for m in msgs)
+    assert any("reusing attention" in m for m in msgs) and any("reusing ablation" in m for m in msgs)
     assert (tmp_path / "a" / "heads.csv").read_text() == before and (tmp_path / "a" / "ablation.csv").exists()
-    with pytest.raises(IclscopeError, match="different config"):
-        run_atlas("random:gpt2", tmp_path / "a", model=model, log=lambda *a: None, **{**FAST, "k": 3})
+    # k is a stage key now: the FV scores and what depends on them are recomputed, the attention scores reused
+    msgs.clear()
+    run_atlas("random:gpt2", tmp_path / "a", model=model, log=msgs.append, **{**FAST, "k": 3})
+    assert any("reusing attention" in m for m in msgs) and any("recomputing ablation" in m for m in msgs)
+    # the model is part of the folder config: a change is refused, naming the key
+    with pytest.raises(IclscopeError, match="different config.*model"):
+        run_atlas("random:gpt2:layers=3", tmp_path / "a", model=model, log=lambda *a: None, **FAST)
 
 
 def test_scores_command_table(tmp_path):

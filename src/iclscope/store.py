@@ -12,7 +12,8 @@ folder goes through ``inside``, which refuses names that would land outside it.
 Fault points (test hook). ``fault_point(label)`` SIGKILLs the process when the environment variable
 ``ICLSCOPE_FAULT`` equals ``label``; the kill tests use it to stop a writer between two steps. Labels:
 
-    <kind>:mid-write        half of the bytes are in the temporary file        kind: text, bytes, json, csv
+    <kind>:mid-write        half of the bytes are in the temporary file        kind: text, bytes, json, csv,
+                                                                               figure (write_figure, save_figure)
     <kind>:before-fsync     all bytes written to the temporary file, not yet fsync'ed
     <kind>:before-replace   temporary file complete and fsync'ed, final name untouched
     <kind>:after-replace    final name replaced, folder not yet fsync'ed

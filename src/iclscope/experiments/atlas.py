@@ -1,8 +1,10 @@
 """The head atlas: score every head as an induction head and as a function-vector (FV) head, ablate the
 top heads of each kind, and build function vectors (Yin & Steinhardt 2025; Todd et al. 2024).
 
-Results folder (each stage's table is written as soon as it is done and reused on a rerun with the
-same config, so a killed run loses at most the stage it was in):
+Results folder (an ``iclscope.report.ResultsDir``: a non-empty folder iclscope did not make is refused
+untouched; each stage's table is written atomically as soon as it is done and reused on a rerun when the
+settings it depends on are the same, so a killed run loses at most the stage it was in; the top-level
+tables are rebuilt from the stages on every run; see ``run_atlas`` for the stage keys):
 
     heads.csv            layer, head, induction, induction_segments, prev_token, duplicate, fv, fv_task_std
     fv_per_task.csv      task, layer, head, score, sem
@@ -148,42 +150,78 @@ def attention_table(model, n: int = 200, half: int = 50, seed: int = 0, batch_si
     return pd.DataFrame(rows)
 
 
+ATTENTION_N, ATTENTION_HALF = 200, 50  # repeated-token sequences and half length of the attention scores
+FV_METHOD = "exact"  # ``fv_scores`` (exact patching of the final token)
+
+
+def attention_key(seed: int) -> dict:
+    """What the attention scores depend on (besides the model): the stage key of "attention"."""
+    return {"n": ATTENTION_N, "half": ATTENTION_HALF, "seed": int(seed)}
+
+
+def fv_key(task: str, k: int, n_clean: int, n_corrupt: int, seed: int) -> dict:
+    """What one task's FV scores depend on (besides the model): the stage key of "fv-<task>"."""
+    return {"task": str(task), "k": int(k), "n_clean": int(n_clean), "n_corrupt": int(n_corrupt),
+            "seed": int(seed), "method": FV_METHOD}
+
+
+def fv_stage_name(task: str) -> str:
+    return f"fv-{task}"
+
+
+def _read_fv(stage) -> pd.DataFrame:
+    return pd.read_csv(stage.file("fv.csv"), dtype={"task": str})
+
+
 def score_heads(model, tasks: dict, res: ResultsDir, k: int = 10, n_clean: int = 100, n_corrupt: int = 25,
                 seed: int = 0, log=print) -> tuple[pd.DataFrame, Any]:
-    """heads.csv (attention scores + FV scores over ``tasks``) and fv_per_task.csv, reused if present."""
-    if res.has("heads.csv") and res.has("fv_per_task.csv"):
-        log("  reusing heads.csv")
-        return res.read_table("heads.csv"), None
-    t0 = time.time()
-    table = attention_table(model, seed=seed)
-    log(f"  induction / previous-token / duplicate scores: {time.time() - t0:.1f} s")
+    """heads.csv (attention scores + FV scores over ``tasks``) and fv_per_task.csv in ``res``.
+
+    Stages (each reused when it finished before with exactly its key, else (re)computed; one line each
+    to ``log``): "attention" (key ``attention_key(seed)``: attention.csv) and, per task, "fv-<task>"
+    (key ``fv_key(...)``: fv.csv with task, layer, head, score, sem). A killed run keeps every stage
+    finished before the kill. heads.csv and fv_per_task.csv are rebuilt from the stages on every run.
+    Returns (heads table, per-task FV table)."""
+    st = res.stage("attention", attention_key(seed))
+    log("  " + st.describe())
+    if st.done:
+        table = st.read_table("attention.csv")
+    else:
+        t0 = time.time()
+        table = attention_table(model, n=ATTENTION_N, half=ATTENTION_HALF, seed=seed)
+        st.write_table("attention.csv", table)
+        st.finish()
+        table = st.read_table("attention.csv")  # what a rerun reads back: the same numbers either way
+        log(f"  induction / previous-token / duplicate scores: {time.time() - t0:.1f} s")
     per_task = []
     for name, task in tasks.items():  # one task at a time: finished tasks stay written
-        f = f"fv_task_{_safe(name)}.csv"
-        if res.has(f):
-            per_task.append(res.read_table(f))
+        s = res.stage(fv_stage_name(name), fv_key(name, k, n_clean, n_corrupt, seed))
+        log("  " + s.describe())
+        if s.done:
+            per_task.append(_read_fv(s))
             continue
         t1 = time.time()
         pairs = fv_prompts(model, [task], k=k, n_clean=n_clean, n_corrupt=n_corrupt, seed=seed,
                            **_fv_kwargs(model, {name: task}))
         r = fv_scores(model, pairs, progress=False)
         df = r.to_frame()
-        df = df[df.task != "mean"]
-        res.write_table(f, df)
-        per_task.append(df)
+        df = df[df.task != "mean"].reset_index(drop=True)
+        df["task"] = df.task.astype(str)
+        s.write_table("fv.csv", df)
+        s.finish()
+        per_task.append(_read_fv(s))  # what a rerun reads back: the same numbers either way
         log(f"  FV scores, task {name}: {time.time() - t1:.1f} s, best head "
             f"{tuple(int(v) for v in df.loc[df.score.idxmax(), ['layer', 'head']])} ({df.score.max():.4f})")
+    if not per_task:
+        raise IclscopeError("no tasks to score")
     long = pd.concat(per_task, ignore_index=True)
     res.write_table("fv_per_task.csv", long)
     wide = long.pivot_table(index=["layer", "head"], columns="task", values="score")
+    table = table.copy()
     table["fv"] = wide.mean(axis=1).to_numpy()
     table["fv_task_std"] = wide.std(axis=1, ddof=1).fillna(0).to_numpy()
     res.write_table("heads.csv", table)
     return table, long
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 def _grid(table: pd.DataFrame, col: str, model) -> torch.Tensor:
@@ -368,40 +406,111 @@ def default_shots(model, k: int | None) -> int:
     return int(lay.get("k", 10))
 
 
+def _check_int(name: str, v, lo: int, allow_none: bool = False) -> None:
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise IclscopeError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
+def check_score_settings(k=None, n_clean: int = 100, n_corrupt: int = 25, seed: int = 0) -> None:
+    """The scoring settings, checked before anything is loaded or written (one-line IclscopeError)."""
+    _check_int("--shots (k)", k, 0, allow_none=True)
+    _check_int("--n-clean", n_clean, 1)
+    _check_int("--n-corrupt", n_corrupt, 1)
+    _check_int("--seed", seed, 0)
+
+
+def check_ablation_settings(fractions, how: str, positions: str, random_seeds: int, n_eval: int) -> list[float]:
+    """The ablation settings, checked before anything is loaded or written; returns the fractions."""
+    try:
+        fr = [float(f) for f in fractions]
+    except (TypeError, ValueError):
+        raise IclscopeError(f"--fractions must be numbers, got {fractions!r}") from None
+    if not fr:
+        raise IclscopeError("--fractions: give at least one fraction of heads to ablate")
+    bad = [f for f in fr if not (0.0 <= f <= 1.0)]
+    if bad:
+        raise IclscopeError(f"--fractions: {bad[0]!r} is not a fraction of heads in [0, 1] (the CLI takes percents)")
+    if how not in ("mean", "zero"):
+        raise IclscopeError(f"--how {how!r}: choose mean or zero")
+    if positions not in ("final", "all"):
+        raise IclscopeError(f"--positions {positions!r}: choose final or all")
+    _check_int("--random-seeds", random_seeds, 0)
+    _check_int("--n-eval", n_eval, 1)
+    return fr
+
+
+def folder_config(command: str, model_spec, revision, dtype, tasks_dir, tasks: dict) -> dict:
+    """What defines a scores / atlas folder: the command, the model (spec, revision, dtype) and the task set.
+    Everything else is a stage key (a change recomputes that stage; a change here is refused)."""
+    return {"command": command, "model": str(model_spec), "revision": revision,
+            "dtype": None if dtype is None else str(dtype).replace("torch.", ""),
+            "tasks": str(tasks_dir), "task_names": sorted(tasks)}
+
+
+def _heatmaps(res: ResultsDir, table: pd.DataFrame, cols, title) -> dict:
+    return {c: head_heatmap(table, c, res.file(f"{c}.png"), title=title(c)) for c in cols}
+
+
 def run_scores(model_spec: str, out: str | Path, tasks_dir=None, revision=None, dtype=None, device=None,
                k: int | None = None, n_clean: int = 100, n_corrupt: int = 25, seed: int = 0, log=print,
                model=None) -> pd.DataFrame:
-    """``iclscope scores``: heads.csv and a heat map per score."""
+    """``iclscope scores``: heads.csv, fv_per_task.csv and a heat map per score in ``out``.
+
+    Folder config (a change is refused): command, model, revision, dtype, tasks, task_names. Stages:
+    "attention" (n, half, seed) and "fv-<task>" per task (task, k, n_clean, n_corrupt, seed, method)."""
+    check_score_settings(k, n_clean, n_corrupt, seed)
     model = model or _load(model_spec, revision, dtype, device)
     k = default_shots(model, k)
     tasks = default_tasks(model, tasks_dir)
-    res = ResultsDir(out, {"command": "scores", "model": str(model_spec), "revision": revision, "tasks": str(tasks_dir),
-                           "task_names": sorted(tasks), "k": k, "n_clean": n_clean, "n_corrupt": n_corrupt, "seed": seed})
-    table, _ = score_heads(model, tasks, res, k, n_clean, n_corrupt, seed, log)
-    for col in ("induction", "prev_token", "duplicate", "fv"):
-        head_heatmap(table, col, res.file(f"{col}.png"), title=f"{model_spec}: {col} score")
-    log(f"results in {res.path}/ (heads.csv, heat maps)")
+    with ResultsDir(out, folder_config("scores", model_spec, revision, dtype, tasks_dir, tasks),
+                    command="scores") as res:
+        table, _ = score_heads(model, tasks, res, k, n_clean, n_corrupt, seed, log)
+        _heatmaps(res, table, ("induction", "prev_token", "duplicate", "fv"), lambda c: f"{model_spec}: {c} score")
+        res.mark_finished()
+        log(f"results in {res.path}/ (heads.csv, heat maps)")
     return table
+
+
+def ranking_key(seed: int, score_tasks, k: int, n_clean: int, n_corrupt: int) -> dict:
+    """The inputs of the head rankings (the attention and FV stage keys) as part of a later stage's key."""
+    return {"attention": attention_key(seed),
+            "fv": [fv_key(t, k, n_clean, n_corrupt, seed) for t in sorted(score_tasks)]}
 
 
 def run_atlas(model_spec: str, out: str | Path, tasks_dir=None, revision=None, dtype=None, device=None,
               device_map=None, k: int | None = None, n_clean: int = 100, n_corrupt: int = 25, n_eval: int = 50,
               fractions=FRACTIONS, how: str = "mean", positions: str = "final", random_seeds: int = 5,
               seed: int = 0, log=print, model=None) -> dict:
-    """``iclscope atlas``: scores, the ablation study, function vectors, figures and one HTML report."""
+    """``iclscope atlas``: scores, the ablation study, function vectors, figures and one HTML report.
+
+    Folder config (a change is refused, naming the keys): command, model, revision, dtype, tasks,
+    task_names. Stages, each reused when finished with the same key: "attention" (n, half, seed),
+    "fv-<task>" per scoring task (task, k, n_clean, n_corrupt, seed, method), "ablation" (fractions, how,
+    positions, exclusion, random_seeds, n_eval, k, eval seed, evaluation tasks, ranking inputs) and
+    "function_vectors" (n, k, seed, top, evaluation tasks, ranking inputs). Every input is checked before
+    the folder is opened; the finished marker is written last."""
     t0 = time.time()
+    check_score_settings(k, n_clean, n_corrupt, seed)
+    fractions = check_ablation_settings(fractions, how, positions, random_seeds, n_eval)
     model = model or _load(model_spec, revision, dtype, device, device_map)
     k = default_shots(model, k)
     tasks = default_tasks(model, tasks_dir)
     score_t, eval_t, disjoint = split_tasks(tasks)
-    cfg = {"command": "atlas", "model": str(model_spec), "revision": revision, "tasks": str(tasks_dir),
-           "task_names": sorted(tasks), "k": k, "n_clean": n_clean, "n_corrupt": n_corrupt, "n_eval": n_eval,
-           "fractions": list(fractions), "how": how, "positions": positions, "random_seeds": random_seeds, "seed": seed}
-    res = ResultsDir(out, cfg)
-    log(f"atlas of {model_spec} ({model.n_layers} layers x {model.n_heads} heads); scoring tasks: "
-        f"{', '.join(score_t)}; evaluation tasks: {', '.join(eval_t)}" + ("" if disjoint else " (the same: < 4 tasks)"))
+    with ResultsDir(out, folder_config("atlas", model_spec, revision, dtype, tasks_dir, tasks),
+                    command="atlas") as res:
+        log(f"atlas of {model_spec} ({model.n_layers} layers x {model.n_heads} heads); scoring tasks: "
+            f"{', '.join(score_t)}; evaluation tasks: {', '.join(eval_t)}"
+            + ("" if disjoint else " (the same: < 4 tasks)"))
+        return _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corrupt, n_eval, fractions,
+                      how, positions, random_seeds, seed, log, t0)
+
+
+def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corrupt, n_eval, fractions, how,
+           positions, random_seeds, seed, log, t0) -> dict:
     table, _ = score_heads(model, score_t, res, k, n_clean, n_corrupt, seed, log)
-    figs = {c: head_heatmap(table, c, res.file(f"{c}.png"), title=f"{c} score") for c in ("induction", "fv", "prev_token")}
+    figs = _heatmaps(res, table, ("induction", "fv", "prev_token"), lambda c: f"{c} score")
     figs["scatter"] = scatter_and_layers(table, res.file("induction_vs_fv.png"), model.n_layers)
     n_top = max(1, round(0.02 * len(table)))
     top_ind = set(ranked_heads(_grid(table, "induction", model))[:max(n_top, 3)])
@@ -409,21 +518,29 @@ def run_atlas(model_spec: str, out: str | Path, tasks_dir=None, revision=None, d
     overlap = {"top_k": max(n_top, 3), "induction": sorted(top_ind), "fv": sorted(top_fv),
                "overlap": sorted(top_ind & top_fv),
                "spearman_induction_fv": float(pd.Series(table.induction).rank().corr(pd.Series(table.fv).rank()))}
-    if res.has("ablation.csv"):
-        abl = res.read_table("ablation.csv")
-        log("  reusing ablation.csv")
-    else:
+    ranks = ranking_key(seed, score_t, k, n_clean, n_corrupt)
+    st = res.stage("ablation", {"fractions": list(fractions), "how": how, "positions": positions, "exclusion": 0.02,
+                                "random_seeds": random_seeds, "n_eval": n_eval, "k": k, "eval_seed": seed + 1,
+                                "eval_tasks": sorted(eval_t), "ranking": ranks})
+    log("  " + st.describe())
+    if not st.done:
         eval_prompts = {n: build_eval_prompts(model, t, k, n_eval, seed + 1) for n, t in eval_t.items()}
         eval_prompts.update(copy_prompts(model, n_eval, seed + 1))
         abl = ablation_study(model, eval_prompts, table, fractions, how, positions, random_seeds=random_seeds, log=log)
-        res.write_table("ablation.csv", abl)
+        st.write_table("ablation.csv", abl)
+        st.finish()
+    abl = pd.read_csv(st.file("ablation.csv"), dtype={"task": str, "ranking": str})
+    res.write_table("ablation.csv", abl)
     figs["ablation"] = ablation_figure(abl, res.file("ablation.png"),
                                        f"{short_name(model_spec)}: {how}-ablating the top heads ({positions} position)")
-    if res.has("function_vectors.csv"):
-        fvt = res.read_table("function_vectors.csv")
-    else:
-        fvt = function_vectors(model, eval_t, table, k=k, n=n_eval)
-        res.write_table("function_vectors.csv", fvt)
+    sf = res.stage("function_vectors", {"n": n_eval, "k": k, "seed": 1, "top": None, "eval_tasks": sorted(eval_t),
+                                        "ranking": ranks})
+    log("  " + sf.describe())
+    if not sf.done:
+        sf.write_table("function_vectors.csv", function_vectors(model, eval_t, table, k=k, n=n_eval))
+        sf.finish()
+    fvt = pd.read_csv(sf.file("function_vectors.csv"), dtype={"task": str})
+    res.write_table("function_vectors.csv", fvt)
     is_copy = abl.task.str.startswith("copy:")
     curve = abl[~is_copy].groupby(["ranking", "fraction"]).accuracy.mean().unstack(0)
     copy_curve = abl[is_copy].groupby(["ranking", "fraction"]).accuracy.mean().unstack(0) if is_copy.any() else None
@@ -434,7 +551,7 @@ def run_atlas(model_spec: str, out: str | Path, tasks_dir=None, revision=None, d
                {r: {str(f): float(v) for f, v in copy_curve[r].items()} for r in copy_curve},
                "function_vectors": fv_summary(fvt), "disjoint_tasks": disjoint,
                "seconds": round(time.time() - t0, 1)}
-    res.file("summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    res.write_json("summary.json", summary)
     write_report(res.file("report.html"), f"Head atlas: {model_spec}", [
         {"heading": "What ran", "text": __doc__},
         {"heading": "Scores", "text": "Induction: attention to the token after the previous occurrence of the current "
@@ -449,6 +566,7 @@ def run_atlas(model_spec: str, out: str | Path, tasks_dir=None, revision=None, d
          "table": fvt.groupby("layer")[["zero_shot_acc", "with_fv_acc", "few_shot_acc"]].mean().reset_index()},
         {"heading": "All heads", "table": table},
     ])
+    res.mark_finished()
     log("accuracy on task prompts:\n" + curve.round(3).to_string())
     if copy_curve is not None:
         log("accuracy on copying prompts:\n" + copy_curve.round(3).to_string())

@@ -11,7 +11,9 @@ For each model (an ``iclscope atlas`` folder; a ``scores`` folder gives everythi
   heads averaged over their seeds), on the task prompts and, for testbed models, the copying prompts.
 
 Every folder must come from the same task set (config.json "tasks" and "task_names"); otherwise the
-comparison is refused naming the folder that differs. Results folder: overlap.csv, correlation.csv,
+comparison is refused naming the folder that differs. Results folder (a ``ResultsDir``: a non-empty folder
+iclscope did not make is refused untouched; its config is the compared folders and labels, a rerun with
+other fractions rewrites every table; every file is written atomically): overlap.csv, correlation.csv,
 depth.csv, ablation.csv, overlap.png, depth.png, ablation.png, summary.json, report.html.
 """
 
@@ -242,10 +244,7 @@ def ablation_figure(entries: list[dict], path: Path) -> Path | None:
                 ablation_panel(axes[1][j], a[is_copy], f"{e['label']}\ncopying prompts")
             else:
                 axes[1][j].set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -257,9 +256,21 @@ def run_compare(dirs: Sequence[str | Path], out: str | Path, labels: Sequence[st
                 fractions=FRACTIONS, depth_fraction: float = 0.1, log=print) -> dict:
     """``iclscope compare``: tables, figures and one HTML report in ``out``; returns the summary."""
     entries = load_results(dirs, labels)
-    res = ResultsDir(out, {"command": "compare", "dirs": [str(e["path"].resolve()) for e in entries],
-                           "labels": [e["label"] for e in entries], "fractions": list(fractions),
-                           "depth_fraction": depth_fraction})
+    try:
+        fractions = [float(f) for f in fractions]
+    except (TypeError, ValueError):
+        raise IclscopeError(f"--fractions must be numbers, got {fractions!r}") from None
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise IclscopeError(f"--fractions {fractions}: give fractions of heads in (0, 1] (the CLI takes percents)")
+    if not 0 < float(depth_fraction) <= 1:
+        raise IclscopeError(f"--depth-fraction {depth_fraction}: give a fraction of heads in (0, 1]")
+    cfg = {"command": "compare", "dirs": [str(e["path"].resolve()) for e in entries],
+           "labels": [e["label"] for e in entries]}
+    with ResultsDir(out, cfg, command="compare") as res:
+        return _write(res, entries, fractions, depth_fraction, log)
+
+
+def _write(res, entries, fractions, depth_fraction, log) -> dict:
     ov = overlap_table(entries, fractions)
     corr = correlation_table(entries)
     depth = depth_table(entries, depth_fraction)
@@ -281,7 +292,7 @@ def run_compare(dirs: Sequence[str | Path], out: str | Path, labels: Sequence[st
                "tasks": entries[0]["cfg"].get("task_names"),
                "overlap": ov.to_dict("records"), "correlation": corr.to_dict("records"),
                "mean_relative_depth": mean_depth.to_dict("records")}
-    res.file("summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    res.write_json("summary.json", summary)
     write_report(res.file("report.html"), "Head atlas: " + " vs ".join(e["label"] for e in entries), [
         {"heading": "What is compared", "text": __doc__},
         {"heading": "Models", "table": pd.DataFrame(summary["models"])},
@@ -295,5 +306,6 @@ def run_compare(dirs: Sequence[str | Path], out: str | Path, labels: Sequence[st
     log(corr.round(3).to_string(index=False))
     log(ov[["model", "k", "overlap", "random_mean", "p_random_ge_observed"]].round(3).to_string(index=False))
     log(mean_depth.round(3).to_string(index=False))
+    res.mark_finished()
     log(f"results in {res.path}/ (report.html)")
     return summary

@@ -38,26 +38,34 @@ DEMO_TRAIN = ["train.lr=1e-4", "train.sequences=120000", "eval.every=50", "eval.
 
 def run_demo(out: str | Path = "results/demo", model_spec: str = "random:gpt2", n_seqs: int = 16,
              half: int = 20, top_k: int = 3, seed: int = 0, train: bool = True, log=print) -> dict:
-    summary = head_interface_demo(Path(out) / "heads", model_spec, n_seqs, half, top_k, seed, log)
-    if train:
-        summary["training"] = training_demo(Path(out) / "training", log)
-        summary["testbed"] = testbed_demo(Path(out) / "testbed", log)
-    write_report(Path(out) / "report.html", "iclscope demo", [
-        {"heading": "What ran", "text": __doc__},
-        {"heading": "1. Per-head effect of mean ablation (final token)", "figure": Path(out) / "heads" / "kl_mean_ablation.png"},
-        *([{"heading": "2. Training lab: the phase change", "figure": Path(out) / "training" / "phase_change.png",
-            "text": json.dumps(summary["training"]["phase_change"])},
-           {"heading": "2b. Additivity of the trained heads", "figure": Path(out) / "training" / "additivity" / "additivity.png"},
-           {"heading": "3. Head atlas of the token testbed: which heads matter for which route",
-            "figure": Path(out) / "testbed" / "atlas" / "ablation.png",
-            "text": json.dumps({k: summary["testbed"][k] for k in ("top_induction", "top_fv", "overlap",
-                                                                    "function_vector")}, default=str)},
-           {"figure": Path(out) / "testbed" / "atlas" / "induction_vs_fv.png"},
-           {"heading": "3b. The testbed over training: when each kind of head forms",
-            "figure": Path(out) / "testbed" / "story" / "story.png"}]
-          if train else []),
-    ])
-    log(f"demo report: {Path(out) / 'report.html'}")
+    """The demo into ``out`` (a ``ResultsDir``: a non-empty folder iclscope did not make is refused
+    untouched); the model is loaded before anything is written; the finished marker is written last."""
+    model = load(model_spec)  # a bad spec is refused before anything is written
+    out = Path(out)
+    with ResultsDir(out, {"command": "demo", "model": str(model_spec), "seed": seed, "train": bool(train)},
+                    command="demo") as res:
+        summary = head_interface_demo(out / "heads", model_spec, n_seqs, half, top_k, seed, log, model=model)
+        if train:
+            summary["training"] = training_demo(out / "training", log)
+            summary["testbed"] = testbed_demo(out / "testbed", log)
+        write_report(res.file("report.html"), "iclscope demo", [
+            {"heading": "What ran", "text": __doc__},
+            {"heading": "1. Per-head effect of mean ablation (final token)", "figure": out / "heads" / "kl_mean_ablation.png"},
+            *([{"heading": "2. Training lab: the phase change", "figure": out / "training" / "phase_change.png",
+                "text": json.dumps(summary["training"]["phase_change"])},
+               {"heading": "2b. Additivity of the trained heads", "figure": out / "training" / "additivity" / "additivity.png"},
+               {"heading": "3. Head atlas of the token testbed: which heads matter for which route",
+                "figure": out / "testbed" / "atlas" / "ablation.png",
+                "text": json.dumps({k: summary["testbed"][k] for k in ("top_induction", "top_fv", "overlap",
+                                                                        "function_vector")}, default=str)},
+               {"figure": out / "testbed" / "atlas" / "induction_vs_fv.png"},
+               {"heading": "3b. The testbed over training: when each kind of head forms",
+                "figure": out / "testbed" / "story" / "story.png"}]
+              if train else []),
+        ])
+        res.write_json("summary.json", summary)
+        res.mark_finished()
+    log(f"demo report: {out / 'report.html'}")
     return summary
 
 
@@ -112,11 +120,16 @@ def testbed_demo(out: Path, log=print) -> dict:
             "copy_acc": {k: v[hi] for k, v in cop.items()}}
 
 
-def head_interface_demo(out: Path, model_spec: str, n_seqs: int, half: int, top_k: int, seed: int, log=print) -> dict:
-    res = ResultsDir(out, {"command": "demo", "model": model_spec, "n_seqs": n_seqs, "half": half,
-                           "top_k": top_k, "seed": seed}, overwrite=True)
+def head_interface_demo(out: Path, model_spec: str, n_seqs: int, half: int, top_k: int, seed: int, log=print,
+                        model=None) -> dict:
     t0 = time.time()
-    model = load(model_spec)
+    model = model or load(model_spec)
+    with ResultsDir(out, {"command": "demo-heads", "model": str(model_spec), "n_seqs": n_seqs, "half": half,
+                          "top_k": top_k, "seed": seed}, command="demo") as res:
+        return _heads(res, model, model_spec, n_seqs, half, top_k, seed, log, t0)
+
+
+def _heads(res, model, model_spec, n_seqs, half, top_k, seed, log, t0) -> dict:
     log(f"loaded {model_spec}: {model}")
     g = torch.Generator().manual_seed(seed)
     tokens = repeated_random_tokens(n_seqs, half, model.vocab_size, g, bos_id=model.bos_token_id)  # (N, 1+2*half)
@@ -166,5 +179,7 @@ def head_interface_demo(out: Path, model_spec: str, n_seqs: int, half: int, top_
     log(f"all {len(heads)} heads ablated in one batched pass; a single-head pass agrees to {abs(check):.2e}")
     log(f"ablating the top {top_k} heads {top_heads} together: KL {kl_top:.4g}; "
         f"P(repeated next token) {p_clean:.4f} -> {p_ablated:.4f}")
+    res.write_json("summary.json", summary)
+    res.mark_finished()
     log(f"results in {res.path}/ (heads.csv, kl_mean_ablation.png, report.html)")
     return summary

@@ -24,6 +24,9 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
 
 
+_PICKLES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+
+
 def _dtype(dtype):
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -36,11 +39,23 @@ def load(spec: str | Path, revision: str | None = None, dtype=None, device=None,
          trust_remote_code: bool = False) -> Model:
     """Load a model by spec (see the module docstring). Returns a ``Model``."""
     dtype = _dtype(dtype)
+    if device is not None and not isinstance(device, torch.device):
+        from ..schema import check_device
+        check_device(str(device))
     spec_s = str(spec)
+    path = Path(spec_s).expanduser()
+    if path.is_file():
+        if path.suffix.lower() in _PICKLES:
+            raise IclscopeError(f"{spec_s}: a pickled model file; iclscope never unpickles (it can run code): give "
+                                f"a folder with safetensors weights (an iclscope model or a transformers model)")
+        raise IclscopeError(f"{spec_s} is a file; a model is a folder (iclscope.json or config.json), a hub name or "
+                            f"random:<family>")
+    if revision is not None and (spec_s.startswith("random:") or path.is_dir()):
+        raise IclscopeError(f"--revision {revision!r} with {spec_s}: a revision only applies to hub models "
+                            f"(not to random: models, local folders or iclscope checkpoints)")
     if spec_s.startswith("random:"):
         from .hf import load_random
         return load_random(spec_s, dtype=dtype, device=device)
-    path = Path(spec_s).expanduser()
     if path.is_dir() and (path / CONFIG_FILE).exists():
         return TinyModel.load(path, device=device, dtype=dtype)
     from .hf import load_pretrained

@@ -308,6 +308,12 @@ class Model:
             raise IclscopeError(f"token ids must have shape (batch, seq), got {tuple(tok.shape)}")
         if tok.dtype not in (torch.int64, torch.int32):
             raise IclscopeError(f"token ids must be integers, got {tok.dtype}")
+        if tok.shape[0] == 0 or tok.shape[1] == 0:
+            raise IclscopeError(f"empty input: token ids of shape {tuple(tok.shape)} (need at least one sequence of "
+                                f"at least one token)")
+        if self.n_ctx is not None and tok.shape[1] > self.n_ctx:
+            raise IclscopeError(f"sequence of length {tok.shape[1]} is longer than the model's n_ctx="
+                                f"{self.n_ctx} (its context); shorten the prompts")
         if tok.numel():
             lo, hi = (int(v) for v in torch.aminmax(tok))  # one reduction: this runs every training step
             if lo < 0 or hi >= self.vocab_size:

@@ -32,7 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .. import store
 from .core import META_SUFFIX, Task, TaskError, save_task
+
+MARKER = ".iclscope-tasks"  # JSON, but not *.json: load_tasks must not read it as a task
 
 __all__ = ["build_tasks", "available_builders", "BUILDERS", "SOURCES", "WordNet", "ResourceMissing"]
 
@@ -694,7 +697,41 @@ def _write_sources(out_dir: Path) -> None:
         if key in SOURCES:
             s = SOURCES[key]
             lines.append(f"- **{s.name}** <{s.url}>: {s.license}.")
-    (out_dir / "SOURCES.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    store.write_text(out_dir / "SOURCES.md", "\n".join(lines) + "\n")
+
+
+def _marker(out_dir: Path) -> list[str] | None:
+    try:
+        m = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return list(m.get("files", [])) if isinstance(m, dict) and m.get("iclscope") == "tasks" else None
+
+
+def _check_out(out_dir: Path, names: Sequence[str]) -> list[str]:
+    """Refuse (TaskError, nothing written) a ``out_dir`` that is a file, a non-empty folder this builder did not
+    make, or one of our folders where a task file of ``names`` is the user's own. Returns the task names this
+    builder wrote there before ([] for a new or empty folder)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TaskError(f"--out {out_dir} is a file, not a folder; nothing was written")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return []
+    made = _marker(out_dir)
+    if made is None:
+        raise TaskError(f"--out {out_dir} is not empty and was not made by `iclscope tasks build` (no {MARKER}); "
+                        f"nothing was written there: choose a new or empty folder")
+    theirs = [n for n in names if n not in made and ((out_dir / f"{store.safe_name(n)}.json").exists()
+                                                      or (out_dir / f"{store.safe_name(n)}{META_SUFFIX}").exists())]
+    if theirs:
+        raise TaskError(f"--out {out_dir}: {', '.join(f'{n}.json' for n in theirs)} was not written by "
+                        f"`iclscope tasks build`; nothing was written: choose another folder")
+    return made
+
+
+def _claim(out_dir: Path) -> list[str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store.write_json(out_dir / MARKER, {"iclscope": "tasks", "builder": __name__, "files": []})
+    return []
 
 
 def build_tasks(
@@ -716,7 +753,9 @@ def build_tasks(
     empty or duplicate inputs) and sorted or seeded, so the same resources and seed give the same files.
 
     Args:
-        out_dir: folder to write into (created if needed).
+        out_dir: folder to write into: new, empty, or made by an earlier ``build_tasks`` (marked by
+            ``.iclscope-tasks``); any other non-empty folder is refused untouched, and a task file this
+            builder did not write is never overwritten. Every file is written atomically.
         names: tasks to build (default: all of :func:`available_builders`).
         seed: seed for the tasks that sample (word-list and category tasks).
         n_generated: pairs made for sampled tasks (capitalize, letters, choose_*, alphabetically_*,
@@ -733,7 +772,7 @@ def build_tasks(
     if unknown:
         raise TaskError(f"unknown task(s) {', '.join(unknown)}; available: {', '.join(BUILDERS)}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    made = _check_out(out_dir, names)
     res = Resources(wordnet_dir, freedict_dir, words_file, seed, n_generated)
     summary: dict[str, int | str] = {}
     for name in names:
@@ -759,7 +798,13 @@ def build_tasks(
             "builder": __name__,
             "seed": seed,
         }
+        if not (out_dir / MARKER).exists():  # the first file: the folder becomes ours, marked before any write
+            _claim(out_dir)
+        if name not in made:
+            made.append(name)
+            store.write_json(out_dir / MARKER, {"iclscope": "tasks", "builder": __name__, "files": made})
         save_task(Task(name, pairs, meta), out_dir)
         summary[name] = len(pairs)
-    _write_sources(out_dir)
+    if made:
+        _write_sources(out_dir)
     return summary

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from ..errors import IclscopeError
+from ..store import inside, safe_name, write_text
 
 __all__ = [
     "TaskError",
@@ -238,21 +239,21 @@ def load_tasks(folder: str | Path, names: Sequence[str] | None = None, recursive
 
 
 def save_task(task: Task, folder: str | Path) -> Path:
-    """Write ``task`` as ``<folder>/<name>.json`` (Todd format) plus ``<name>.meta.json`` when it has meta.
+    """Write ``task`` as ``<folder>/<name>.json`` (Todd format) plus ``<name>.meta.json`` when it has meta,
+    each atomically; the name goes through ``store.safe_name``.
 
     Returns the path of the task file.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{task.name}.json"
+    path = inside(folder, f"{safe_name(task.name)}.json")
     entries = [{"input": x, "output": y} for x, y in task.pairs]
-    path.write_text(json.dumps(entries, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     meta = {k: v for k, v in task.meta.items() if k != "path"}
-    if meta:
+    if meta:  # the meta file first: a task file is never left without the meta it was written with
         meta["n_pairs"] = len(task.pairs)
-        (folder / f"{task.name}{META_SUFFIX}").write_text(
-            json.dumps(meta, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
-        )
+        write_text(inside(folder, f"{safe_name(task.name)}{META_SUFFIX}"),
+                   json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
+    write_text(path, json.dumps(entries, ensure_ascii=False, indent=1) + "\n")  # atomic: old or new, never half
     return path
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from ...errors import IclscopeError
 from ...models import checkpoint_info
-from ..atlas import _safe
+from ...store import safe_name
 
 
 @dataclass
@@ -52,7 +52,7 @@ def run_checkpoints(run: str | Path, select: Sequence | str | None = None) -> li
             continue
         m = re.search(r"(\d+)$", d.name)
         step = meta.get("step", int(m.group(1)) if m else None)
-        found.append(Checkpoint(name=d.name, spec=str(d.resolve()), step=None if step is None else int(step),
+        found.append(Checkpoint(name=safe_name(d.name), spec=str(d.resolve()), step=None if step is None else int(step),
                                 sequences=meta.get("sequences"), arch=meta.get("config"), meta=meta))
     if not found:
         raise IclscopeError(f"{ck_dir}: holds no checkpoints (no step_N/ folder with a saved model); the run saved "
@@ -122,7 +122,7 @@ def revision_checkpoints(spec: str, revisions: Sequence[str] | str, tokens_per_s
         arch = revision_architecture(s, r)  # cache, then hub; an error naming a revision that cannot be found
         m = re.search(r"step[_-]?(\d+)", r)
         step = int(m.group(1)) if m else None
-        out.append(Checkpoint(name=_safe(r), spec=s, revision=r, step=step,
+        out.append(Checkpoint(name=safe_name(r), spec=s, revision=r, step=step,
                               tokens=step * tokens_per_step if (tokens_per_step and step is not None) else None,
                               arch=arch))
     if all(c.step is not None for c in out):

@@ -9,9 +9,10 @@ run resumes at the next unfinished one (and inside a checkpoint at the next unfi
 
 Results folder::
 
-    config.json                  the settings (a rerun with other settings is refused)
-    checkpoints/<name>/          one checkpoint: config.json, heads.csv, fv_per_task.csv, accuracy.csv,
-                                 done.json (what ran, how long, what was reused)
+    config.json                  source, tasks, dtype (a rerun with another is refused, naming the keys)
+    checkpoints/<name>/          one checkpoint (name through ``store.safe_name``): config.json, heads.csv,
+                                 fv_per_task.csv, accuracy.csv, its stage folders, done.json (what ran,
+                                 how long, what was reused)
     heads_over_training.csv      checkpoint, order, step, sequences, tokens, layer, head, induction,
                                  induction_segments, prev_token, duplicate, fv, fv_task_std
     checkpoints.csv              one row per checkpoint: accuracy (evaluation tasks), copy accuracy
@@ -52,13 +53,16 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ... import store
 from ...errors import IclscopeError
+from ...store import safe_name
+from ..atlas import check_score_settings
 from ...report import ResultsDir, write_report
 from ...report.figures import short_name
 from .checkpoints import Checkpoint, revision_checkpoints, run_checkpoints
 from .figures import accuracy_figure, heatmaps_figure, trajectories_figure, transitions_figure
 from .reuse import reuse_candidates
-from .scoring import score_checkpoint
+from .scoring import checkpoint_key, finished_record, score_checkpoint
 from .transitions import default_top, role_transitions, transition_text
 
 SCORES = ("induction", "induction_segments", "prev_token", "duplicate", "fv", "fv_task_std")
@@ -68,10 +72,15 @@ def run_dynamics(out: str | Path, model: str | None = None, revisions=None, run:
                  checkpoints=None, tasks_dir=None, k: int | None = None, n_clean: int = 100, n_corrupt: int = 25,
                  n_eval: int = 50, seed: int = 0, top: int | None = None, rel: float = 0.25,
                  reuse: Sequence[str | Path] = (), tokens_per_step: int | None = None, dtype=None, device=None,
-                 n_random: int = 1000, log=print) -> dict:
+                 n_random: int = 1000, log=print, after=None) -> dict:
     """``iclscope dynamics``: every checkpoint's head scores and accuracy, the long table, role transitions,
     figures and a report in ``out``. Give ``model`` + ``revisions`` (hub revisions) or ``run`` (+ optional
-    ``checkpoints``). Returns the summary (also summary.json)."""
+    ``checkpoints``). Returns the summary (also summary.json). ``after(res, summary)``, if given, writes more
+files into the open folder before it is marked finished (``testbed_story``).
+
+Every input is checked before the folder is opened. Folder config (a change is refused, naming the keys):
+command, source, tasks, dtype. Each checkpoint is a stage keyed by ``checkpoint_key`` (model, revision,
+tasks, k, n_clean, n_corrupt, n_eval, seed, dtype); inside it, the atlas's stages plus "accuracy"."""
     t0 = time.time()
     if (model is None) == (run is None):
         raise IclscopeError("give either --model NAME with --revisions, or --run RUN (not both)")
@@ -87,27 +96,46 @@ def run_dynamics(out: str | Path, model: str | None = None, revisions=None, run:
             raise IclscopeError(f"--model {model}: give --revisions (e.g. step1,step1000,step143000)")
         ckpts = revision_checkpoints(model, revisions, tokens_per_step)
         source = str(model)
+    check_score_settings(k, n_clean, n_corrupt, seed)
+    if isinstance(n_eval, bool) or not isinstance(n_eval, int) or n_eval < 1:
+        raise IclscopeError(f"--n-eval must be an integer >= 1, got {n_eval!r}")
+    from ...models import _dtype
+    from ...schema import check_device
+    _dtype(dtype)
+    check_device(device)
     candidates = reuse_candidates(reuse) if reuse else []
-    res = ResultsDir(out, {"command": "dynamics", "source": source, "tasks": str(tasks_dir), "k": k,
-                           "n_clean": n_clean, "n_corrupt": n_corrupt, "n_eval": n_eval, "seed": seed,
-                           "dtype": None if dtype is None else str(dtype)})
-    log(f"dynamics of {source}: {len(ckpts)} checkpoints -> {res.path}/")
-    records = []
-    for i, ck in enumerate(ckpts):
-        folder = res.file("checkpoints") / ck.name
-        if (folder / "done.json").exists():
-            rec = json.loads((folder / "done.json").read_text())
-            log(f"  [{i + 1}/{len(ckpts)}] {ck.name}: done earlier")
-        else:
-            rec = score_checkpoint(ck, folder, tasks_dir, k, n_clean, n_corrupt, n_eval, seed, candidates,
-                                   dtype, device, log)
-            log(f"  [{i + 1}/{len(ckpts)}] {ck.name}: {rec['seconds']:.1f} s"
-                + (f" (scores reused from {rec['reused_from']})" if rec.get("reused_from") else ""))
-        if records and rec["arch"] != records[0]["arch"]:
-            raise IclscopeError(f"checkpoint {ck.name} ({rec['arch']}) has a different architecture from "
-                                f"{records[0]['name']} ({records[0]['arch']}); finished checkpoints are kept in "
-                                f"{res.path}/checkpoints/")
-        records.append(rec)
+    cfg = {"command": "dynamics", "source": source, "tasks": str(tasks_dir),
+           "dtype": None if dtype is None else str(dtype).replace("torch.", "")}
+    with ResultsDir(out, cfg, command="dynamics") as res:
+        log(f"dynamics of {source}: {len(ckpts)} checkpoints -> {res.path}/")
+        records = []
+        for i, ck in enumerate(ckpts):
+            folder = res.file("checkpoints") / safe_name(ck.name)
+            key = checkpoint_key(ck, tasks_dir, k, n_clean, n_corrupt, n_eval, seed, dtype)
+            rec = finished_record(folder, key)
+            if rec is not None:
+                log(f"  [{i + 1}/{len(ckpts)}] reusing {ck.name} (finished with the same settings)")
+            else:
+                log(f"  [{i + 1}/{len(ckpts)}] {'recomputing' if folder.exists() else 'computing'} {ck.name}")
+                rec = score_checkpoint(ck, folder, tasks_dir, k, n_clean, n_corrupt, n_eval, seed, candidates,
+                                       dtype, device, log)
+                log(f"  [{i + 1}/{len(ckpts)}] {ck.name}: {rec['seconds']:.1f} s"
+                    + (f" (scores reused from {rec['reused_from']})" if rec.get("reused_from") else ""))
+            if records and rec["arch"] != records[0]["arch"]:
+                raise IclscopeError(f"checkpoint {ck.name} ({rec['arch']}) has a different architecture from "
+                                    f"{records[0]['name']} ({records[0]['arch']}); finished checkpoints are kept in "
+                                    f"{res.path}/checkpoints/")
+            records.append(rec)
+        summary = _write(res, ckpts, records, source, run, top, rel, n_random, seed, t0)
+        if after is not None:
+            after(res, summary)
+        res.mark_finished()
+    log(transition_text(summary["transitions"]))
+    log(f"results in {res.path}/ (report.html) in {summary['seconds']} s")
+    return summary
+
+
+def _write(res, ckpts, records, source, run, top, rel, n_random, seed, t0) -> dict:
     long, ck_table, acc = assemble(res.path, ckpts, records)
     res.write_table("heads_over_training.csv", long)
     res.write_table("checkpoints.csv", ck_table)
@@ -127,7 +155,7 @@ def run_dynamics(out: str | Path, model: str | None = None, revisions=None, run:
     summary = {"source": source, "checkpoints": [c.name for c in ckpts], "heads": n_total,
                "transitions": tsum, "seconds": round(time.time() - t0, 1),
                "final": ck_table.iloc[-1].to_dict()}
-    res.file("summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
+    res.write_json("summary.json", summary)
     write_report(res.file("report.html"), f"Head dynamics: {title}", [
         {"heading": "What ran", "text": __doc__},
         {"heading": "Checkpoints", "table": ck_table},
@@ -137,9 +165,7 @@ def run_dynamics(out: str | Path, model: str | None = None, revisions=None, run:
         {"heading": "Role transitions", "text": transition_text(tsum), "figure": figs["transitions"],
          "table": trans},
     ])
-    log(transition_text(tsum))
-    log(f"results in {res.path}/ (report.html) in {summary['seconds']} s")
-    return summary
+    return json.loads(store.dumps_json(summary))
 
 
 def json_default(v):
@@ -155,11 +181,11 @@ def assemble(path: Path, ckpts: list[Checkpoint], records: list[dict]) -> tuple[
     """The long head table, the per-checkpoint table and per-task accuracy from the checkpoint folders."""
     parts, rows, accs = [], [], []
     for order, (ck, rec) in enumerate(zip(ckpts, records)):
-        folder = Path(path) / "checkpoints" / ck.name
+        folder = Path(path) / "checkpoints" / safe_name(ck.name)
         heads = pd.read_csv(folder / "heads.csv")
         meta = {"checkpoint": ck.name, "order": order, "step": ck.step, "sequences": ck.sequences, "tokens": ck.tokens}
         parts.append(heads.assign(**meta)[list(meta) + ["layer", "head"] + [c for c in SCORES if c in heads]])
-        acc = pd.read_csv(folder / "accuracy.csv")
+        acc = pd.read_csv(folder / "accuracy.csv", dtype={"task": str})
         accs.append(acc.assign(checkpoint=ck.name, step=ck.step)[["checkpoint", "step", "task", "accuracy"]])
         is_copy = acc.task.str.startswith("copy:")
         best = {c: heads.loc[heads[c].idxmax()] for c in ("induction", "fv", "prev_token")}

@@ -1,9 +1,10 @@
 """Can earlier results stand in for a checkpoint's scores? Folders of earlier ``iclscope scores``,
-``atlas`` or ``dynamics`` runs are matched to a checkpoint by their config.json: the same model (same path,
-or same hub name and revision), the same task set, the same k, n_clean, n_corrupt and seed, and FV tasks
-that include this checkpoint's scoring tasks. A match gives the attention scores and the per-task FV
-scores (restricted to the scoring tasks); an atlas folder with the same n_eval also gives the accuracy
-(its ablation study's no-ablation row)."""
+``atlas`` or ``dynamics`` runs are matched to a checkpoint by their config.json (the same model: same path,
+or same hub name and revision; the same task set) and by their stage records: the "attention" stage and the
+"fv-<task>" stage of every scoring task must have finished with exactly the keys this checkpoint needs
+(``attention_key``, ``fv_key``). A match gives those stages' tables, copied into the checkpoint's own
+stages. An atlas folder whose "ablation" stage used the same n_eval, k, evaluation seed and evaluation
+tasks also gives the accuracy (its no-ablation rows)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,11 @@ from typing import Sequence
 
 import pandas as pd
 
+from ... import store
 from ...errors import IclscopeError
 from ...report import ResultsDir
-
-
-def _score_half(names: list[str]) -> list[str]:
-    names = sorted(names)
-    return names if len(names) < 4 else names[: len(names) // 2]
+from ...report.results import STAGES
+from ..atlas import attention_key, fv_key, fv_stage_name
 
 
 def _same_model(a, b) -> bool:
@@ -44,9 +43,23 @@ def reuse_candidates(dirs: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def find_reusable(candidates: Sequence[Path], want: dict) -> dict | None:
-    """The first candidate whose scores can stand for ``want`` (a checkpoint folder's config), or None.
-    Returns {"path", "command", "fv_tasks", "n_eval"}."""
+def _stage(folder: Path, name: str, key: dict) -> Path | None:
+    """The folder of stage ``name`` in results folder ``folder`` if it finished with exactly ``key``."""
+    sname = store.safe_name(name)
+    try:
+        rec = json.loads((folder / STAGES / f"{sname}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not rec.get("finished") or rec.get("key") != json.loads(store.dumps_json(key)):
+        return None
+    return folder / sname
+
+
+def find_reusable(candidates: Sequence[Path], want: dict, k: int, n_clean: int, n_corrupt: int, seed: int
+                  ) -> dict | None:
+    """The first candidate whose finished stages can stand for this checkpoint's scores, or None. ``want``:
+    the checkpoint folder's config (model, revision, tasks, task_names, score_tasks). Returns {"path",
+    "command", "attention" (stage folder), "fv" ({task: stage folder})}."""
     for folder in candidates:
         try:
             cfg = json.loads((folder / "config.json").read_text())
@@ -57,36 +70,44 @@ def find_reusable(candidates: Sequence[Path], want: dict) -> dict | None:
             continue
         if not _same_model(cfg.get("model"), want["model"]) or cfg.get("revision") != want["revision"]:
             continue
-        if any(cfg.get(k) != want[k] for k in ("tasks", "k", "n_clean", "n_corrupt", "seed")):
+        if cfg.get("tasks") != want["tasks"] or sorted(cfg.get("task_names") or []) != want["task_names"]:
             continue
-        names = sorted(cfg.get("task_names") or [])
-        if names != want["task_names"]:
+        att = _stage(folder, "attention", attention_key(seed))
+        fv = {t: _stage(folder, fv_stage_name(t), fv_key(t, k, n_clean, n_corrupt, seed)) for t in want["score_tasks"]}
+        if att is None or any(v is None for v in fv.values()):
             continue
-        fv_tasks = {"scores": names, "atlas": _score_half(names)}.get(cmd, cfg.get("score_tasks") or [])
-        if not set(want["score_tasks"]) <= set(fv_tasks):
-            continue
-        if not ((folder / "heads.csv").exists() and (folder / "fv_per_task.csv").exists()):
-            continue
-        return {"path": folder, "command": cmd, "fv_tasks": fv_tasks, "n_eval": cfg.get("n_eval")}
+        return {"path": folder, "command": cmd, "attention": att, "fv": fv}
     return None
 
 
-def reuse_scores(src: dict, res: ResultsDir, score_tasks: list[str]) -> None:
-    """heads.csv and fv_per_task.csv of ``res`` from a matching earlier folder (FV over ``score_tasks``)."""
-    heads = pd.read_csv(src["path"] / "heads.csv")
-    per = pd.read_csv(src["path"] / "fv_per_task.csv")
-    per = per[per.task.isin(score_tasks)]
-    wide = per.pivot_table(index=["layer", "head"], columns="task", values="score")
-    fv = pd.DataFrame({"fv": wide.mean(axis=1), "fv_task_std": wide.std(axis=1, ddof=1).fillna(0)}).reset_index()
-    heads = heads.drop(columns=[c for c in ("fv", "fv_task_std") if c in heads]).merge(fv, on=["layer", "head"])
-    res.write_table("fv_per_task.csv", per.reset_index(drop=True))
-    res.write_table("heads.csv", heads)
+def reuse_scores(src: dict, res: ResultsDir, score_tasks: list[str], k: int, n_clean: int, n_corrupt: int,
+                 seed: int) -> None:
+    """Fill the "attention" and "fv-<task>" stages of ``res`` that are not done from a matching earlier
+    folder (``find_reusable``); ``score_heads`` then finds them done."""
+    st = res.stage("attention", attention_key(seed))
+    if not st.done:
+        st.write_table("attention.csv", pd.read_csv(src["attention"] / "attention.csv"))
+        st.finish({"reused_from": str(src["path"])})
+    for t in score_tasks:
+        s = res.stage(fv_stage_name(t), fv_key(t, k, n_clean, n_corrupt, seed))
+        if not s.done:
+            s.write_table("fv.csv", pd.read_csv(src["fv"][t] / "fv.csv", dtype={"task": str}))
+            s.finish({"reused_from": str(src["path"])})
 
 
-def reuse_accuracy(src: dict | None, n_eval: int) -> pd.DataFrame | None:
-    """Per-task accuracy with nothing ablated, from an atlas folder's ablation.csv (same prompts)."""
-    if not src or src["command"] != "atlas" or src["n_eval"] != n_eval or not (src["path"] / "ablation.csv").exists():
+def reuse_accuracy(src: dict | None, n_eval: int, k: int, seed: int, eval_tasks: list[str]) -> pd.DataFrame | None:
+    """Per-task accuracy with nothing ablated, from an atlas folder's finished ablation stage with the same
+    prompts (n_eval, k, evaluation seed and tasks)."""
+    if not src or src["command"] != "atlas":
         return None
-    abl = pd.read_csv(src["path"] / "ablation.csv")
+    try:
+        rec = json.loads((src["path"] / STAGES / "ablation.json").read_text())
+    except (OSError, ValueError):
+        return None
+    key = rec.get("key") or {}
+    if not rec.get("finished") or (key.get("n_eval"), key.get("k"), key.get("eval_seed"), key.get("eval_tasks")) \
+            != (n_eval, k, seed + 1, eval_tasks):
+        return None
+    abl = pd.read_csv(src["path"] / "ablation" / "ablation.csv", dtype={"task": str, "ranking": str})
     base = abl[(abl.k == 0) & (abl.ranking == abl.ranking.iloc[0])]
     return base[["task", "accuracy"]].reset_index(drop=True) if len(base) else None

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ...report import write_report
-from ...report.figures import short_name
+from ...report.figures import save_figure, short_name
 from .command import json_default, run_dynamics
 from .figures import METRIC_LABELS
 from .transitions import transition_text
@@ -41,96 +41,99 @@ def testbed_story(run_dir: str | Path, out: str | Path, checkpoints=None, top: i
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir).expanduser()
-    dyn = run_dynamics(out, run=run_dir, checkpoints=checkpoints, top=top, rel=rel, reuse=reuse, log=log, **settings)
-    out = Path(out)
-    long = pd.read_csv(out / "heads_over_training.csv")
-    ck = pd.read_csv(out / "checkpoints.csv")
-    try:
-        trans = pd.read_csv(out / "transitions.csv")
-    except pd.errors.EmptyDataError:
-        trans = pd.DataFrame(columns=["role", "layer", "head"])
-    mpath = run_dir / "metrics.csv"
-    metrics = pd.read_csv(mpath) if mpath.exists() else None
-    story: dict[str, Any] = {"run": str(run_dir), "checkpoints": len(ck), "top": dyn["transitions"]["top"]}
+    story: dict[str, Any] = {}
 
-    # heads: per checkpoint, the best induction / FV score and the mean over the final top heads
-    ind_final, fv_final = float(ck.max_induction.iloc[-1]), float(ck.max_fv.iloc[-1])
-    story["final_max_induction"], story["final_max_fv"] = float(ind_final), float(fv_final)
-    story["induction_heads_form_step"] = _first_step(ck.step, ck.max_induction, 0.5 * ind_final)
-    story["fv_heads_form_step"] = _first_step(ck.step, ck.max_fv, 0.5 * fv_final)
-    if metrics is not None:
-        ind_cols = [c for c in metrics if c.startswith("induction_L")]
-        if ind_cols:  # the run's own induction score at every evaluation (finer than the checkpoints)
-            mx = metrics[ind_cols].max(axis=1)
-            story["induction_heads_form_step_metrics"] = _first_step(metrics.step, mx, 0.5 * float(mx.iloc[-1]))
-        acc = {}
-        for col in METRIC_LABELS:
-            if col in metrics:
-                acc[col] = {"final": float(metrics[col].iloc[-1]),
-                            "reaches_0.5": _first_step(metrics.step, metrics[col], 0.5),
-                            "reaches_0.9": _first_step(metrics.step, metrics[col], 0.9)}
-        story["accuracy"] = acc
-        if "conflict_copy" in metrics:
-            story["conflict_copy_final"] = float(metrics.conflict_copy.iloc[-1])
-        if "train_loss" in metrics:
-            story["final_train_loss"] = float(metrics.train_loss.iloc[-1])
-    story["role_transitions"] = dyn["transitions"]
-    fvh = trans[trans.role == "fv"] if len(trans) else pd.DataFrame()
-    story["fv_heads"] = [{"head": f"L{int(r.layer)}H{int(r['head'])}", "onset_step": r.onset_step,
-                          "final_fv": r.final_fv, "final_induction": r.final_induction,
-                          "was_top_induction_before": bool(r.was_top_induction_before),
-                          "max_induction_before": r.max_induction_before,
-                          "max_induction_before_step": r.max_induction_before_step,
-                          "induction_rank_at_max_before": r.induction_rank_at_max_before,
-                          "first_top_induction_step": r.first_top_induction_step}
-                         for _, r in fvh.iterrows()]
-    story["n_heads"] = int(dyn["heads"])
-    story["text"] = story_text(story)
-    (out / "story.json").write_text(json.dumps(story, indent=2, default=json_default))
+    def tell(res, dyn):  # runs inside the open dynamics folder, before it is marked finished
+        out = res.path
+        long = pd.read_csv(out / "heads_over_training.csv")
+        ck = pd.read_csv(out / "checkpoints.csv")
+        try:
+            trans = pd.read_csv(out / "transitions.csv")
+        except pd.errors.EmptyDataError:
+            trans = pd.DataFrame(columns=["role", "layer", "head"])
+        mpath = run_dir / "metrics.csv"
+        metrics = pd.read_csv(mpath) if mpath.exists() else None
+        story.update({"run": str(run_dir), "checkpoints": len(ck), "top": dyn["transitions"]["top"]})
 
-    # one figure: accuracy conditions, the best head of each kind, the final FV heads' induction scores
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    a, b, c = axes
-    if metrics is not None:
-        for col, lab in METRIC_LABELS.items():
-            if col in metrics:
-                a.plot(np.maximum(metrics.step, 1), metrics[col], label=lab, lw=1.5)
-    a.set_xscale("log")
-    a.set_xlabel("training step")
-    a.set_ylabel("accuracy")
-    a.set_title("what the model can do (metrics.csv)", fontsize=9)
-    a.legend(fontsize=7)
-    x = np.maximum(ck.step, 1)
-    b.plot(x, ck.max_induction / (ind_final or 1), marker="o", label=f"best induction score (/ {ind_final:.2f})")
-    b.plot(x, ck.max_fv / (fv_final or 1), marker="s", label=f"best FV score (/ {fv_final:.3f})")
-    for key, col in (("induction_heads_form_step", "tab:blue"), ("fv_heads_form_step", "tab:orange")):
-        if story.get(key):
-            b.axvline(story[key], color=col, ls=":", lw=1)
-    b.set_xscale("log")
-    b.set_xlabel("training step")
-    b.set_ylabel("fraction of the final value")
-    b.set_title("when each kind of head forms (dotted: half the final value, for good)", fontsize=9)
-    b.legend(fontsize=7)
-    for _, r in fvh.iterrows():
-        d = long[(long.layer == r.layer) & (long["head"] == r["head"])].sort_values("order")
-        line, = c.plot(np.maximum(d.step, 1), d.induction, marker="o", ms=3, label=f"L{int(r.layer)}H{int(r['head'])} induction")
-        c.plot(np.maximum(d.step, 1), d.fv / (fv_final or 1), ls="--", color=line.get_color(), lw=1,
-               label=f"L{int(r.layer)}H{int(r['head'])} FV (/ final best)")
-    c.set_xscale("log")
-    c.set_xlabel("training step")
-    c.set_title("the final FV heads: induction score (solid), FV score (dashed)", fontsize=9)
-    c.legend(fontsize=6, ncol=2)
-    fig.suptitle(f"testbed story: {short_name(str(run_dir))}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "story.png", dpi=120)
-    plt.close(fig)
-    write_report(out / "story.html", f"Testbed story: {short_name(str(run_dir))}", [
-        {"heading": "What the data show", "text": story["text"], "figure": out / "story.png"},
-        {"heading": "Role transitions", "figure": out / "transitions.png", "table": trans if len(trans) else None},
-        {"heading": "Score trajectories", "figure": out / "trajectories.png"},
-        {"heading": "Every head at every checkpoint", "figure": out / "heatmaps.png"},
-        {"heading": "Accuracy", "figure": out / "accuracy.png"},
-    ])
+        # heads: per checkpoint, the best induction / FV score and the mean over the final top heads
+        ind_final, fv_final = float(ck.max_induction.iloc[-1]), float(ck.max_fv.iloc[-1])
+        story["final_max_induction"], story["final_max_fv"] = float(ind_final), float(fv_final)
+        story["induction_heads_form_step"] = _first_step(ck.step, ck.max_induction, 0.5 * ind_final)
+        story["fv_heads_form_step"] = _first_step(ck.step, ck.max_fv, 0.5 * fv_final)
+        if metrics is not None:
+            ind_cols = [c for c in metrics if c.startswith("induction_L")]
+            if ind_cols:  # the run's own induction score at every evaluation (finer than the checkpoints)
+                mx = metrics[ind_cols].max(axis=1)
+                story["induction_heads_form_step_metrics"] = _first_step(metrics.step, mx, 0.5 * float(mx.iloc[-1]))
+            acc = {}
+            for col in METRIC_LABELS:
+                if col in metrics:
+                    acc[col] = {"final": float(metrics[col].iloc[-1]),
+                                "reaches_0.5": _first_step(metrics.step, metrics[col], 0.5),
+                                "reaches_0.9": _first_step(metrics.step, metrics[col], 0.9)}
+            story["accuracy"] = acc
+            if "conflict_copy" in metrics:
+                story["conflict_copy_final"] = float(metrics.conflict_copy.iloc[-1])
+            if "train_loss" in metrics:
+                story["final_train_loss"] = float(metrics.train_loss.iloc[-1])
+        story["role_transitions"] = dyn["transitions"]
+        fvh = trans[trans.role == "fv"] if len(trans) else pd.DataFrame()
+        story["fv_heads"] = [{"head": f"L{int(r.layer)}H{int(r['head'])}", "onset_step": r.onset_step,
+                              "final_fv": r.final_fv, "final_induction": r.final_induction,
+                              "was_top_induction_before": bool(r.was_top_induction_before),
+                              "max_induction_before": r.max_induction_before,
+                              "max_induction_before_step": r.max_induction_before_step,
+                              "induction_rank_at_max_before": r.induction_rank_at_max_before,
+                              "first_top_induction_step": r.first_top_induction_step}
+                             for _, r in fvh.iterrows()]
+        story["n_heads"] = int(dyn["heads"])
+        story["text"] = story_text(story)
+        res.write_json("story.json", story)
+
+        # one figure: accuracy conditions, the best head of each kind, the final FV heads' induction scores
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+        a, b, c = axes
+        if metrics is not None:
+            for col, lab in METRIC_LABELS.items():
+                if col in metrics:
+                    a.plot(np.maximum(metrics.step, 1), metrics[col], label=lab, lw=1.5)
+        a.set_xscale("log")
+        a.set_xlabel("training step")
+        a.set_ylabel("accuracy")
+        a.set_title("what the model can do (metrics.csv)", fontsize=9)
+        a.legend(fontsize=7)
+        x = np.maximum(ck.step, 1)
+        b.plot(x, ck.max_induction / (ind_final or 1), marker="o", label=f"best induction score (/ {ind_final:.2f})")
+        b.plot(x, ck.max_fv / (fv_final or 1), marker="s", label=f"best FV score (/ {fv_final:.3f})")
+        for key, col in (("induction_heads_form_step", "tab:blue"), ("fv_heads_form_step", "tab:orange")):
+            if story.get(key):
+                b.axvline(story[key], color=col, ls=":", lw=1)
+        b.set_xscale("log")
+        b.set_xlabel("training step")
+        b.set_ylabel("fraction of the final value")
+        b.set_title("when each kind of head forms (dotted: half the final value, for good)", fontsize=9)
+        b.legend(fontsize=7)
+        for _, r in fvh.iterrows():
+            d = long[(long.layer == r.layer) & (long["head"] == r["head"])].sort_values("order")
+            line, = c.plot(np.maximum(d.step, 1), d.induction, marker="o", ms=3, label=f"L{int(r.layer)}H{int(r['head'])} induction")
+            c.plot(np.maximum(d.step, 1), d.fv / (fv_final or 1), ls="--", color=line.get_color(), lw=1,
+                   label=f"L{int(r.layer)}H{int(r['head'])} FV (/ final best)")
+        c.set_xscale("log")
+        c.set_xlabel("training step")
+        c.set_title("the final FV heads: induction score (solid), FV score (dashed)", fontsize=9)
+        c.legend(fontsize=6, ncol=2)
+        fig.suptitle(f"testbed story: {short_name(str(run_dir))}", fontsize=10)
+        save_figure(fig, res.file("story.png"))
+        write_report(res.file("story.html"), f"Testbed story: {short_name(str(run_dir))}", [
+            {"heading": "What the data show", "text": story["text"], "figure": out / "story.png"},
+            {"heading": "Role transitions", "figure": out / "transitions.png", "table": trans if len(trans) else None},
+            {"heading": "Score trajectories", "figure": out / "trajectories.png"},
+            {"heading": "Every head at every checkpoint", "figure": out / "heatmaps.png"},
+            {"heading": "Accuracy", "figure": out / "accuracy.png"},
+        ])
+
+    run_dynamics(out, run=run_dir, checkpoints=checkpoints, top=top, rel=rel, reuse=reuse, log=log, after=tell,
+                 **settings)
     log(story["text"])
     return story
 

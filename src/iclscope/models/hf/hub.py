@@ -93,7 +93,17 @@ def load_pretrained(spec: str, revision: str | None = None, dtype=None, device=N
                                                   local_files_only=local_only, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError):
         pass  # a model without a tokenizer still has the head interface; text tasks will say so
+    if tokenizer is not None and not _encodes(tokenizer):
+        tokenizer = None  # e.g. a local folder without tokenizer files: a tokenizer that encodes nothing
     return HFModel(module, tokenizer, name=spec)
+
+
+def _encodes(tokenizer) -> bool:
+    """Whether ``tokenizer`` turns plain text into at least one token id."""
+    try:
+        return len(tokenizer("the cat", add_special_tokens=False)["input_ids"]) > 0
+    except Exception:
+        return False
 
 
 def cached_revisions(name: str) -> list[str]:

@@ -3,20 +3,27 @@ model name short enough for a title."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ... import store
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Lay out, write as a PNG (dpi 120) and close ``fig``; returns the path."""
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Lay out, write as a PNG (dpi 120) and close ``fig``; returns the path. Written atomically
+    (``store.write_bytes``: temp file, fsync, rename), so a killed run never leaves half a PNG."""
     path = Path(path)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return store.write_bytes(path, buf.getvalue(), kind="figure")
 
 
 def head_heatmap(df: pd.DataFrame, column: str, path: str | Path, title: str = "", cmap: str = "viridis") -> Path:
