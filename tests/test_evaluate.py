@@ -163,7 +163,7 @@ def test_token_loss_difference_by_hand():
 
 
 def test_token_loss_difference_text_and_interventions(tmp_path):
-    model = make_model("gpt2")
+    model = iclscope.load("random:gpt2:layers=3,heads=4,d_model=64,tokenizer=byte")  # byte ids: 270 bytes = 270 tokens
     text = "The quick brown fox jumps over the lazy dog. " * 6  # 270 bytes
     (tmp_path / "a.txt").write_text(text)
     (tmp_path / "sub").mkdir()

@@ -131,7 +131,7 @@ def _fv_setup(family, scale=4.0, n_clean=6, n_corrupt=4):
     """A small model with a sharper output (scaled unembedding) and two tasks whose answer is, per prompt,
     the model's own top token on the clean prompt: patching towards the clean means then moves P(answer)
     by 1e-4..1e-2, so that comparisons are not between zeros."""
-    model = make_model(family)
+    model = make_model(family) if family == "tiny" else iclscope.load(f"random:{family}:layers=3,heads=4,d_model=64,tokenizer=byte")
     with torch.no_grad():
         (model.module.unembed.weight if family == "tiny" else model.module.get_output_embeddings().weight).mul_(scale)
     if family == "tiny":

@@ -12,7 +12,7 @@ from iclscope import IclscopeError, TinyConfig, TinyModel
 
 @pytest.mark.parametrize("family, kv", [("gpt2", 4), ("gpt_neox", 4), ("llama", 2), ("qwen2", 2)])
 def test_random_family_shapes(family, kv):
-    m = iclscope.load(f"random:{family}:layers=3,heads=4,d_model=64")
+    m = iclscope.load(f"random:{family}:layers=3,heads=4,d_model=64,tokenizer=byte")
     assert (m.family, m.n_layers, m.n_heads, m.n_kv_heads, m.d_head, m.d_model) == (family, 3, 4, kv, 16, 64)
     assert m.tokenizer is not None and m.bos_token_id == 256
     assert m.tokenizer(" Paris")["input_ids"][0] == m.tokenizer(" ")["input_ids"][0]  # leading-space byte

@@ -1,9 +1,12 @@
-"""Random models of each family (no download), from the family's config class, with a byte-level
-tokenizer built locally; and ``plain_copy``, the same weights in a stock transformers module (for checks)."""
+"""Random models of each family (no download), from the family's config class, with the family's subword
+tokenizer shipped in ``iclscope/data/tokenizers/<family>/`` (or a byte tokenizer on request); and
+``plain_copy``, the same weights in a stock transformers module (for checks)."""
 
 from __future__ import annotations
 
 import copy
+import functools
+from pathlib import Path
 
 import torch
 
@@ -13,6 +16,35 @@ from .model import HFModel
 
 RANDOM_FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen2")
 RANDOM_OPTIONS = ("layers", "heads", "d_model", "kv_heads", "seed", "n_ctx")
+TOKENIZERS = ("family", "byte")
+TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "data" / "tokenizers"
+
+
+def family_tokenizer(family: str):
+    """The subword tokenizer shipped for ``family`` (4096 tokens; see data/tokenizers/SOURCES.md).
+
+    gpt2, gpt_neox: byte-level BPE with leading-space tokens ("ĠParis"), "<|endoftext|>" as BOS/EOS
+    (id 4095 for gpt2, 0 for gpt_neox), no BOS added. llama: "▁"-word BPE with byte fallback, "<unk>" 0,
+    "<s>" 1 (added at the start of every encoded text), "</s>" 2. qwen2: byte-level BPE, "<|endoftext|>"
+    (EOS, pad; no BOS token, none added). A fresh tokenizer each call (callers may change it).
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    if family not in RANDOM_FAMILIES:
+        raise IclscopeError(f"unknown family {family!r} for a tokenizer; choose from {', '.join(RANDOM_FAMILIES)}")
+    folder = TOKENIZER_DIR / family
+    if not (folder / "tokenizer.json").is_file():
+        raise IclscopeError(f"the tokenizer of {family} is missing from {folder} (a broken install; "
+                            f"rebuild with tools/build_tokenizers.py)")
+    return PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _special_ids(family: str) -> tuple[int, int, int]:
+    """(vocab size, BOS id, EOS id) of a family's tokenizer; BOS is EOS's id where it has no BOS token."""
+    tok = family_tokenizer(family)
+    eos = tok.eos_token_id
+    return len(tok), (eos if tok.bos_token_id is None else tok.bos_token_id), eos
 
 
 def byte_tokenizer():
@@ -48,13 +80,16 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def random_config(family: str, layers: int = 2, heads: int = 4, d_model: int = 64, kv_heads: int | None = None,
-                  vocab: int = 257, n_ctx: int = 512):
-    """A small config of ``family``. llama and qwen2 default to grouped-query attention (kv_heads = heads/2)."""
+                  vocab: int = 257, n_ctx: int = 512, bos_id: int = 256, eos_id: int = 256):
+    """A small config of ``family``. llama and qwen2 default to grouped-query attention (kv_heads = heads/2).
+
+    The defaults (257 tokens, BOS = EOS = 256) fit :func:`byte_tokenizer`; ``load_random`` passes the
+    family tokenizer's size and ids."""
     import transformers as tf
 
     if family not in RANDOM_FAMILIES:
         raise IclscopeError(f"unknown family {family!r} for random:<family>; choose from {', '.join(RANDOM_FAMILIES)}")
-    common = dict(vocab_size=vocab, bos_token_id=256, eos_token_id=256)
+    common = dict(vocab_size=vocab, bos_token_id=bos_id, eos_token_id=eos_id)
     if family == "gpt2":
         return tf.GPT2Config(n_layer=layers, n_head=heads, n_embd=d_model, n_positions=n_ctx, **common)
     if family == "gpt_neox":  # Pythia's shape: partial rotary, parallel residual
@@ -70,27 +105,43 @@ def random_config(family: str, layers: int = 2, heads: int = 4, d_model: int = 6
 
 
 def load_random(spec: str, dtype=None, device=None) -> HFModel:
-    """``random:<family>[:key=value,...]`` e.g. ``random:llama:layers=4,heads=8,kv_heads=2,seed=1``."""
+    """``random:<family>[:key=value,...]`` e.g. ``random:llama:layers=4,heads=8,kv_heads=2,seed=1``.
+
+    Options: layers, heads, d_model, kv_heads, n_ctx, seed (integers) and ``tokenizer=family`` (default:
+    the family's shipped subword tokenizer, vocab_size 4096) or ``tokenizer=byte`` (:func:`byte_tokenizer`,
+    vocab_size 257, BOS/EOS 256)."""
     from transformers import AutoModelForCausalLM
 
     parts = spec.split(":", 2)
     family = parts[1] if len(parts) > 1 else ""
     opts: dict = {}
+    kind = "family"
     if len(parts) == 3 and parts[2]:
         for kv in parts[2].split(","):
             k, _, v = kv.partition("=")
+            if k == "tokenizer" and v in TOKENIZERS:
+                kind = v
+                continue
             if k not in RANDOM_OPTIONS or not v.lstrip("-").isdigit():
                 raise IclscopeError(f"{spec}: bad option {kv!r}; options are layers, heads, d_model, kv_heads, "
-                                    f"n_ctx, seed (integers)")
+                                    f"n_ctx, seed (integers) and tokenizer ({' or '.join(TOKENIZERS)})")
             opts[k] = int(v)
     seed = opts.pop("seed", 0)
+    if family not in RANDOM_FAMILIES:
+        raise IclscopeError(f"unknown family {family!r} for random:<family>; choose from {', '.join(RANDOM_FAMILIES)}")
+    if kind == "byte":
+        tokenizer = byte_tokenizer()
+    else:
+        tokenizer = family_tokenizer(family)
+        vocab, bos, eos = _special_ids(family)
+        opts.update(vocab=vocab, bos_id=bos, eos_id=eos)
     cfg = random_config(family, **opts)
     register()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = AutoModelForCausalLM.from_config(cfg, attn_implementation=ATTN_IMPL)
     module.to(device=device, dtype=dtype)
-    return HFModel(module, byte_tokenizer(), name=spec)
+    return HFModel(module, tokenizer, name=spec)
 
 
 def plain_copy(model: HFModel, attn_implementation: str = "eager"):
