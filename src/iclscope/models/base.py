@@ -22,7 +22,7 @@ import torch
 from ..cache import Cache
 from ..compile import Plan, RunContext, compile_interventions, positions_index
 from ..errors import IclscopeError
-from ..sites import HEAD_SITES, SITES, hook_name, parse_hook_name
+from ..sites import HEAD_SITES, MODEL_SITES, PER_LAYER_SITES, QK_SITES, SITES, hook_name, parse_hook_name
 from .prefix import PrefixCache, PrefixRows
 
 
@@ -111,9 +111,23 @@ class Model:
     def dtype(self) -> torch.dtype:
         return next(self.module.parameters()).dtype
 
+    def missing_sites(self) -> dict[str, str]:
+        """{site: why} for the sites of ``iclscope.sites`` this model does not have (refused by name when
+        recorded or intervened on). Every family has all of them unless it says otherwise."""
+        return {}
+
     def hook_names(self) -> list[str]:
-        """Every hook point this model has."""
-        return [hook_name(s, layer) for layer in range(self.n_layers) for s in SITES]
+        """Every hook point this model has, in forward order of layers (model sites first and last)."""
+        missing = self.missing_sites()
+        per_layer = [s for s in PER_LAYER_SITES if s not in missing]
+        names = [hook_name("embed")] if "embed" not in missing else []
+        names += [hook_name(s, layer) for layer in range(self.n_layers) for s in per_layer]
+        return names + ([hook_name("ln_final")] if "ln_final" not in missing else [])
+
+    def to(self, device=None, dtype=None) -> "Model":
+        """Move (and/or cast) the weights; returns self."""
+        self.module.to(device=device, dtype=dtype)
+        return self
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(family={self.family!r}, n_layers={self.n_layers}, n_heads={self.n_heads}, "
@@ -146,7 +160,8 @@ class Model:
             prefix: "PrefixRows | None" = None) -> tuple[torch.Tensor, Cache]:
         """One forward pass under the active interventions plus ``interventions``, recording activations.
 
-        inputs: token ids (B, T) int64; or a dict / batch object of the family's inputs (token models:
+        inputs: token ids (B, T) int64; a string or a list of strings (tokenised with the model's tokenizer,
+            BOS as ``tokenize`` says, a list left-padded); or a dict / batch object of the family's inputs (token models:
             ``input_ids`` or ``tokens``, optional ``attention_mask``; the tiny model also ``vectors``
             (B, T, d_input) and ``vector_mask`` (B, T)). With ``prefix``, inputs default to the prefix's
             final tokens.
@@ -157,7 +172,41 @@ class Model:
             against that cached prefix.
         Returns (logits (B, T, vocab), Cache).
         """
+        if _is_text(inputs):
+            inputs = self.tokenize(inputs)
         return self._run(inputs, interventions, record, layers, positions, grad, prefix)
+
+    def tokenize(self, text: "str | Sequence[str]") -> dict:
+        """Token inputs for ``run`` from a string or a list of strings, with the model's tokenizer.
+
+        BOS convention: a tokenizer that adds the BOS token itself (Llama's) is used as it is; otherwise
+        (GPT-2, GPT-NeoX/Pythia) the model's ``bos_token_id`` is prepended. A list is left-padded (pad id:
+        the tokenizer's pad token, else BOS, else 0) with an ``attention_mask``, so that position -1 is every
+        row's last token. Returns {"tokens": (B, T) int64, "attention_mask": (B, T) int64}."""
+        tok = self.tokenizer
+        if tok is None:
+            raise IclscopeError(f"this {self.family} model has no tokenizer; give token ids (B, T) instead of text")
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise IclscopeError("text inputs must be a string or a non-empty list of strings")
+        bos = self.bos_token_id
+        rows = []
+        for t in texts:
+            ids = list(tok(t)["input_ids"])
+            if bos is not None and not (ids and ids[0] == bos and len(ids) > len(tok(t, add_special_tokens=False)["input_ids"])):
+                ids = [bos] + ids
+            if not ids:
+                raise IclscopeError(f"the text {t!r} tokenises to nothing and the model has no BOS token")
+            rows.append(ids)
+        pad = getattr(tok, "pad_token_id", None)
+        pad = pad if pad is not None else (bos if bos is not None else 0)
+        T = max(map(len, rows))
+        tokens = torch.full((len(rows), T), pad, dtype=torch.long)
+        mask = torch.zeros(len(rows), T, dtype=torch.long)
+        for i, ids in enumerate(rows):
+            tokens[i, T - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask[i, T - len(ids):] = 1
+        return {"tokens": tokens.to(self.device), "attention_mask": mask.to(self.device)}
 
     def _run(self, inputs, interventions=(), record=None, layers=None, positions=None, grad=False, prefix=None,
              kv_out: dict | None = None) -> tuple[torch.Tensor, Cache]:
@@ -201,6 +250,8 @@ class Model:
 
         The cached keys/values are those the layer computed, before any k/v hook; the cache also holds the
         full pass's final-position logits (``.logits``, (B, vocab))."""
+        if _is_text(inputs):
+            inputs = self.tokenize(inputs)
         d = self._inputs(inputs)
         T = d["tokens"].shape[1]
         if T < 2:
@@ -272,9 +323,15 @@ class Model:
 
     def _record_names(self, record: Sequence[str], layers) -> list[str]:
         layers = range(self.n_layers) if layers is None else list(layers)
+        missing = self.missing_sites()
         names = []
         for r in record:
-            if r in SITES:
+            site = r if r in SITES else (parse_hook_name(r)[0] if _is_hook(r) else None)
+            if site in missing:
+                raise IclscopeError(f"record: this {self.family} model has no {site!r} site: {missing[site]}")
+            if r in MODEL_SITES:
+                names.append(hook_name(r))
+            elif r in SITES:
                 for layer in layers:
                     if not 0 <= int(layer) < self.n_layers:
                         raise IclscopeError(f"record: layer {layer} is out of range: the model has "
@@ -319,8 +376,21 @@ class _Done(Exception):
     """Raised inside a pre-pass once every value it was asked for is recorded."""
 
 
+def _is_text(inputs) -> bool:
+    return isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and len(inputs) > 0
+                                       and all(isinstance(t, str) for t in inputs))
+
+
+def _is_hook(name: str) -> bool:
+    try:
+        parse_hook_name(name)
+    except IclscopeError:
+        return False
+    return True
+
+
 def _recorder(cache: Cache, name: str, pos: torch.Tensor | None, grad: bool):
-    is_pattern = name.endswith("hook_pattern")
+    is_pattern = parse_hook_name(name)[0] in QK_SITES  # (B, H, query, key): positions are query positions
 
     def record(x: torch.Tensor, ctx) -> torch.Tensor:
         if pos is None:
