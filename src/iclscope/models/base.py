@@ -15,6 +15,7 @@ A ``Model`` wraps a torch module whose forward pass calls ``hooks(name, tensor)`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -242,6 +243,93 @@ class Model:
             self.hooks.clear()
         return logits, cache
 
+    # ------------------------------------------------------------------ generation
+    def generate(self, inputs: Any, max_new_tokens: int, interventions: Sequence = (), do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int | None = None, seed: int | None = None,
+                 positions_mode: str = "prompt", stop_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """Generate ``max_new_tokens`` tokens per row, greedily or by sampling, under interventions.
+
+        inputs: as for ``run`` (token ids (B, T), a dict with a left-padding ``attention_mask``, a string
+            or a list of strings, left-padded). interventions: applied, with those of any enclosing
+            ``model.intervene`` block, at every step. do_sample: False = greedy (argmax, ties to the lowest
+            id, as transformers' greedy search); True = sample from softmax(logits / temperature), keeping
+            only the ``top_k`` most likely tokens when given; ``seed`` makes sampling reproducible
+            (a private generator; None uses torch's global one). stop_ids: once a row emits one of these
+            ids, its remaining entries repeat that id; generation ends when every row has stopped.
+        Returns (B, max_new_tokens) int64 on the model's device.
+
+        Positions (the gotcha). Each step is one full forward pass over the prompt plus the tokens
+        generated so far, so "the final position" moves as tokens are generated. ``positions_mode``
+        says what an intervention's ``positions`` refer to:
+
+        - ``"prompt"`` (default): the prompt's positions only, fixed for the whole generation. A negative
+          position counts from the PROMPT's end: ``positions=-1`` is the prompt's last token at every
+          step (exactly a single-pass study at -1, carried through the decoding); a slice is taken over
+          the prompt's positions.
+        - ``"every"``: positions count in the growing sequence and are re-applied at each step:
+          ``positions=-1`` is the newest token (every generated token is produced under it).
+
+        In both modes ``positions=None`` is every position of the growing sequence (prompt and new
+        tokens). A source that must match the sequence's shape (a ``Cache`` from another run, a pattern
+        tensor) fails from the second step; give a tensor of vectors or a constant instead.
+        Cost: one full pass per new token (no key/value cache).
+        """
+        if _is_text(inputs):
+            inputs = self.tokenize(inputs)
+        d = self._inputs(inputs)
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise IclscopeError(f"generate: max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        if positions_mode not in ("prompt", "every"):
+            raise IclscopeError(f"generate: positions_mode must be 'prompt' or 'every', got {positions_mode!r}")
+        if do_sample and not float(temperature) > 0:
+            raise IclscopeError(f"generate: temperature must be > 0, got {temperature}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise IclscopeError(f"generate: top_k must be an integer >= 1, got {top_k!r}")
+        extra = sorted(set(d) - {"tokens", "attention_mask"})
+        if extra:
+            raise IclscopeError(f"generate takes token inputs (and an attention_mask) only, not {extra}")
+        tokens, mask = d["tokens"].to(self.device), d.get("attention_mask")
+        mask = None if mask is None else mask.to(self.device)
+        B, P = tokens.shape
+        if P == 0:
+            raise IclscopeError("generate: the prompt is empty")
+        if self.n_ctx is not None and P + max_new_tokens > self.n_ctx:
+            raise IclscopeError(f"generate: {P} prompt tokens + {max_new_tokens} new ones exceed the model's "
+                                f"n_ctx={self.n_ctx}")
+        ivs = self.active_interventions() + list(interventions)
+        if positions_mode == "prompt":
+            ivs = [_at_prompt_positions(iv, P) for iv in ivs]
+        compile_interventions(ivs, self)  # bad input fails before any pass
+        stops = None if stop_ids is None else torch.as_tensor(list(stop_ids), dtype=torch.long, device=self.device)
+        gen = None
+        if do_sample and seed is not None:
+            gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        out = torch.empty(B, max_new_tokens, dtype=torch.long, device=self.device)
+        stopped = torch.zeros(B, dtype=torch.bool, device=self.device)
+        fill = torch.zeros(B, dtype=torch.long, device=self.device)
+        saved, self._stack, self._compiled = self._stack, [], None  # the context's interventions are in ivs
+        try:
+            with torch.no_grad():
+                for step in range(max_new_tokens):
+                    inp = {"tokens": tokens} if mask is None else {"tokens": tokens, "attention_mask": mask}
+                    logits = self._run(inp, ivs)[0][:, -1].float()  # (B, vocab)
+                    nxt = _next_token(logits, do_sample, float(temperature), top_k, gen)
+                    if stops is not None:
+                        nxt = torch.where(stopped, fill, nxt)
+                        hit = torch.isin(nxt, stops) & ~stopped
+                        fill = torch.where(hit, nxt, fill)
+                        stopped = stopped | hit
+                    out[:, step] = nxt
+                    if stops is not None and bool(stopped.all()):
+                        out[:, step + 1:] = fill[:, None]
+                        break
+                    tokens = torch.cat([tokens, nxt[:, None]], 1)
+                    if mask is not None:
+                        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        finally:
+            self._stack, self._compiled = saved, None
+        return out
+
     # ------------------------------------------------------------------ final token against a cached prefix
     def prefix_cache(self, inputs: Any, interventions: Sequence = ()) -> "PrefixCache":
         """One full pass (no gradient, under the active interventions plus ``interventions``) that keeps
@@ -374,6 +462,25 @@ class Model:
 
 class _Done(Exception):
     """Raised inside a pre-pass once every value it was asked for is recorded."""
+
+
+def _at_prompt_positions(iv, P: int):
+    """``iv`` with its positions made absolute against a prompt of length P (None stays None)."""
+    pos = getattr(iv, "positions", None)
+    if pos is None or not dataclasses.is_dataclass(iv):
+        return iv
+    return dataclasses.replace(iv, positions=positions_index(pos, P).tolist())
+
+
+def _next_token(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, gen) -> torch.Tensor:
+    """(B,) next ids from final-position logits (B, vocab): argmax, or a sample (temperature, top-k)."""
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
 
 
 def _is_text(inputs) -> bool:
