@@ -69,6 +69,9 @@ class Model:
     bos_token_id (or None), family (e.g. "gpt2", "llama", "tiny"), module (the torch module),
     hooks (its HookPoints).
 
+    Beyond ``run`` / ``intervene``: ``generate`` (decoding under interventions), ``tokenize`` (text ->
+    token inputs, also accepted by ``run`` directly), ``to(device, dtype)``, ``missing_sites()``.
+
     Subclasses implement ``_forward(inputs, prefix=None, kv_out=None) -> logits (B, T, vocab)`` and
     ``out_proj(layer, z)``: ``inputs`` is the dict of ``_inputs`` (``tokens`` and the family's extras);
     ``prefix`` a ``PrefixRows`` view on the final-token path; ``kv_out`` a dict to fill with every layer's
@@ -166,8 +169,9 @@ class Model:
             ``input_ids`` or ``tokens``, optional ``attention_mask``; the tiny model also ``vectors``
             (B, T, d_input) and ``vector_mask`` (B, T)). With ``prefix``, inputs default to the prefix's
             final tokens.
-        record: sites to record (e.g. ["z", "pattern"]) or full hook names; layers: which layers
-            (default all); positions: which token positions (default all; query positions for patterns).
+        record: sites to record (e.g. ["z", "pattern"], model sites such as "embed" once each) or full
+            hook names; layers: which layers (default all); positions: which token positions (default all;
+            query positions for patterns and scores). A site the model lacks (``missing_sites``) is refused.
         grad: keep recorded tensors attached to the graph (for attribution methods); default detached.
         prefix: a ``PrefixRows`` view (see ``run_last_token``): run only the final token of each row
             against that cached prefix.
