@@ -227,6 +227,9 @@ def test_record_chosen_layers_and_positions(model, tokens):
     (ClampPattern([(0, 0)], "diagonal"), "pattern must be"),
     (Patch("zz", 0.0, heads=[(0, 0)]), "unknown site"),
     (Patch("z", torch.zeros(5), heads=[(0, 0)]), "a tensor source must have shape"),
+    (Patch("attn_scores", torch.zeros(16), heads=[(0, 0)]), "takes no tensor source"),
+    (Patch("ln_final", 0.0, layers=[0]), "model site"),
+    (Patch("mlp_out", 0.0), "needs layers"),
 ])
 def test_bad_interventions_fail_before_any_forward_pass(model, iv, msg):
     with pytest.raises(IclscopeError, match=msg):

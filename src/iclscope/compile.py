@@ -9,8 +9,10 @@
   without interventions, ``FrozenModel(m)`` runs ``m``; each pre-pass stops after the last site it needs.
 
 Each site op builds a boolean mask over (batch row, position, head), cached per input shape, and uses
-``torch.where(mask, value.detach(), x)``: replaced entries get no gradient, the rest train. Nothing here
-imports a model family: a model is anything with n_layers, n_heads, d_head and d_model.
+``torch.where(mask, value.detach(), x)``: replaced entries get no gradient, the rest train (a ``Hook``'s
+output is the one value not detached). Nothing here imports a model family: a model is anything with
+n_layers, n_heads, d_head and d_model, and optionally ``missing_sites()`` ({site: why}) for the sites it
+lacks, which are refused here by name.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import torch
 from .errors import IclscopeError
 from .heads import check_heads as _check_heads, check_layer as _check_layer
 from .interventions import (AddVector, BatchMean, CleanRun, ClampPattern, Constant, FromCache, FrozenModel,
-                            Patch, Positions, Vectors)
+                            Hook, Patch, Positions, Vectors)
 from .patterns import induction_targets, previous_token_pattern, targeted_pattern
-from .sites import HEAD_SITES, LAYER_SITES, SITES, hook_name
+from .sites import HEAD_SITES, LAYER_SITES, MODEL_SITES, QK_SITES, SITES, hook_name
 
 
 @dataclass
@@ -36,6 +38,7 @@ class RunContext:
     tokens: torch.Tensor | None = None  # (B, T) int64, where the input has tokens
     caches: dict = field(default_factory=dict)  # CleanRun() or FrozenModel(m) -> Cache
     prefix: Any = None
+    scratch: dict = field(default_factory=dict)  # a model's per-pass notes between its own hooks
 
 
 @dataclass
@@ -82,9 +85,9 @@ def positions_index(positions: Positions, T: int) -> torch.Tensor | None:
 class _SiteOp:
     """Replace (or add to) entries of one site at one layer. Masks are cached per input shape."""
 
-    def __init__(self, site, layer, entries, rows, positions, value_fn, add=False):
+    def __init__(self, site, layer, entries, rows, positions, value_fn, add=False, detach=True):
         self.site, self.layer, self.entries, self.rows = site, layer, entries, rows  # entries: head indices or None
-        self.positions, self.value_fn, self.add = positions, value_fn, add
+        self.positions, self.value_fn, self.add, self.detach = positions, value_fn, add, detach
         self._mask_cache: dict = {}
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,10 +97,11 @@ class _SiteOp:
             return m
         head_site = self.site in HEAD_SITES
         B = x.shape[0]
-        T = x.shape[2] if self.site == "pattern" else x.shape[1]
+        qk = self.site in QK_SITES
+        T = x.shape[2] if qk else x.shape[1]
         pos = positions_index(self.positions, T)
         pos = torch.arange(T) if pos is None else pos
-        if self.site == "pattern":  # (B, H, Tq, Tk) -> mask (B|1, H, Tq, 1)
+        if qk:  # (B, H, Tq, Tk) -> mask (B|1, H, Tq, 1)
             shape = (B if self.rows is not None else 1, x.shape[1], T, 1)
         elif head_site:  # (B, T, H, D) -> mask (B|1, T, H, 1)
             shape = (B if self.rows is not None else 1, T, x.shape[2], 1)
@@ -110,7 +114,7 @@ class _SiteOp:
                 raise IclscopeError(f"rows={list(self.rows)} name a batch row beyond the batch of {B}")
             if head_site:
                 heads = torch.tensor(self.entries, dtype=torch.long)
-                if self.site == "pattern":
+                if qk:
                     m[rows[:, None], heads[:, None], pos[None, :]] = True
                 else:
                     m[rows[:, None], pos[None, :], heads[:, None]] = True
@@ -118,7 +122,7 @@ class _SiteOp:
                 m[rows[:, None], pos[None, :]] = True
         elif head_site:
             heads = torch.tensor(sorted(set(self.entries)), dtype=torch.long)
-            if self.site == "pattern":
+            if qk:
                 m[:, heads[:, None], pos[None, :]] = True
             else:
                 m[:, pos[:, None], heads[None, :]] = True
@@ -139,7 +143,8 @@ class _SiteOp:
         mask = self.mask(x)
         if extra is not None:
             mask = mask & extra
-        return torch.where(mask, value.to(x.dtype).detach(), x)
+        value = value.to(x.dtype)
+        return torch.where(mask, value.detach() if self.detach else value, x)
 
 
 def _head_vectors(src: torch.Tensor, site_heads: list[int], idx_in_list: list[int], layer: int,
@@ -158,12 +163,27 @@ def _head_vectors(src: torch.Tensor, site_heads: list[int], idx_in_list: list[in
     return V
 
 
-def _patch_ops(p: Patch, model) -> list[tuple[str, Callable]]:
-    site = p.site
+def check_site(site: str, model, what: str) -> str:
+    """``site`` if it is a site this model has; an IclscopeError naming it otherwise."""
     if site not in SITES:
-        raise IclscopeError(f"unknown site {site!r}; sites are {', '.join(SITES)}")
+        raise IclscopeError(f"{what}: unknown site {site!r}; sites are {', '.join(SITES)}")
+    missing = model.missing_sites() if hasattr(model, "missing_sites") else {}
+    if site in missing:
+        raise IclscopeError(f"{what}: this {getattr(model, 'family', '')} model has no {site!r} site: {missing[site]}")
+    return site
+
+
+def _targets(p, model, what: str):
+    """Validate the heads/layers/rows of a Patch or Hook: (heads or None, [(layer|None, entry indices)])."""
+    site = p.site
     head_site = site in HEAD_SITES
-    what = f"{type(p).__name__}({site})"
+    if site in MODEL_SITES:
+        if p.heads is not None or p.layers is not None:
+            raise IclscopeError(f"{what}: {site} is a model site (one hook, no layer); give neither heads nor layers")
+        if p.rows is not None:
+            rows = [int(r) for r in p.rows]
+            return None, [(None, list(range(len(rows))))]
+        return None, [(None, [0])]
     if head_site:
         heads = _check_heads(p.heads, model, what)
         entries_by_layer: dict[int, list[int]] = {}
@@ -179,14 +199,25 @@ def _patch_ops(p: Patch, model) -> list[tuple[str, Callable]]:
     if p.rows is not None and len(p.rows) != len(heads if head_site else p.layers):
         raise IclscopeError(f"{what}: rows has {len(p.rows)} entries but there are "
                             f"{len(heads if head_site else p.layers)} heads/layers to patch")
+    return heads, keyed
+
+
+def _patch_ops(p: Patch, model) -> list[tuple[str, Callable]]:
+    site = p.site
+    what = f"{type(p).__name__}({site})"
+    check_site(site, model, what)
+    head_site = site in HEAD_SITES
+    heads, keyed = _targets(p, model, what)
     src = p.source
     if isinstance(src, Vectors):
-        want = ((model.n_layers, model.n_heads, model.d_head), (len(heads), model.d_head)) if head_site and site != "pattern" \
-            else ((model.d_model,), (len(p.layers or []), model.d_model))
-        if site == "pattern" or tuple(src.values.shape) not in want:
+        if site in QK_SITES:
+            raise IclscopeError(f"{what}: {site} takes no tensor source (clamp patterns with ClampPattern, or "
+                                f"change scores with Hook)")
+        want = ((model.n_layers, model.n_heads, model.d_head), (len(heads), model.d_head)) if head_site \
+            else ((model.d_model,),) if site in MODEL_SITES else ((model.d_model,), (len(p.layers or []), model.d_model))
+        if tuple(src.values.shape) not in want:
             raise IclscopeError(f"{what}: a tensor source must have shape "
-                                f"{' or '.join(str(w) for w in want)}, got {tuple(src.values.shape)}"
-                                + (" (clamp patterns with ClampPattern)" if site == "pattern" else ""))
+                                f"{' or '.join(str(w) for w in want)}, got {tuple(src.values.shape)}")
     elif isinstance(src, FrozenModel):
         m = src.model
         if (m.n_layers, m.d_model) != (model.n_layers, model.d_model):
@@ -200,6 +231,28 @@ def _patch_ops(p: Patch, model) -> list[tuple[str, Callable]]:
         rows = [p.rows[i] for i in idxs] if p.rows is not None else None
         ops.append((name, _SiteOp(site, layer, site_heads, rows, p.positions,
                                   _value_fn(src, what, name, layer, idxs, site_heads, rows, head_site))))
+    return ops
+
+
+def _hook_ops(h: Hook, model) -> list[tuple[str, Callable]]:
+    what = f"Hook({h.site})"
+    check_site(h.site, model, what)
+    heads, keyed = _targets(h, model, what)
+    fn = h.fn
+
+    def value_fn(x, ctx):
+        y = fn(x)
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise IclscopeError(f"{what}: fn must return a tensor of the activation's shape {tuple(x.shape)}, got {got}")
+        return y
+
+    ops = []
+    for layer, idxs in keyed:
+        site_heads = [heads[i][1] for i in idxs] if h.site in HEAD_SITES else None
+        rows = [h.rows[i] for i in idxs] if h.rows is not None else None
+        ops.append((hook_name(h.site, layer), _SiteOp(h.site, layer, site_heads, rows, h.positions, value_fn,
+                                                      detach=False)))
     return ops
 
 
@@ -233,6 +286,7 @@ def _value_fn(src, what, name, layer, idxs, site_heads, rows, head_site) -> Call
 def _add_ops(a: AddVector, model) -> list[tuple[str, Callable]]:
     if a.site not in LAYER_SITES:
         raise IclscopeError(f"AddVector: site must be one of {', '.join(LAYER_SITES)}, got {a.site!r}")
+    check_site(a.site, model, "AddVector")
     layer = _check_layer(a.layer, model, "AddVector")
     vec = torch.as_tensor(a.vector)
     if tuple(vec.shape) != (model.d_model,):
@@ -299,6 +353,8 @@ def compile_interventions(interventions: Sequence, model) -> Plan:
                 new = _add_ops(p, model)
             elif isinstance(p, ClampPattern):
                 new = _clamp_ops(p, model)
+            elif isinstance(p, Hook):
+                new = _hook_ops(p, model)
             else:  # pragma: no cover - patches() only returns the kinds above
                 raise IclscopeError(f"not an intervention: {p!r}")
             for name, fn in new:
@@ -308,4 +364,4 @@ def compile_interventions(interventions: Sequence, model) -> Plan:
     return plan
 
 
-__all__ = ["Plan", "RunContext", "compile_interventions", "positions_index"]
+__all__ = ["Plan", "RunContext", "check_site", "compile_interventions", "positions_index"]

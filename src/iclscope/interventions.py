@@ -19,7 +19,10 @@ Gradient semantics. Every replacement value is detached: an entry that an interv
 passes no gradient back to whatever computed it in the model (queries and keys behind a clamped
 pattern, a head's computation behind its ablated output, ...). Entries not replaced (other heads,
 other positions, other batch rows) are untouched and train as usual. ``AddVector`` adds rather than
-replaces: gradient flows through the residual stream as usual, and not into the vector.
+replaces: gradient flows through the residual stream as usual, and not into the vector. ``Hook`` (the
+escape hatch, a user function) is the one exception to detaching: its function's output replaces the
+masked entries as it is, so gradient flows through that output to whatever the function used (the
+activation it was given included); return ``y.detach()`` for the detached rule.
 
 Composition. Interventions apply in list order at each site; nested ``model.intervene`` blocks
 apply the outer list first.
@@ -28,12 +31,12 @@ apply the outer list first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 
 from .errors import IclscopeError
-from .sites import HEAD_SITES, LAYER_SITES, SITES, Head, Positions, hook_name  # noqa: F401  (re-exported)
+from .sites import HEAD_SITES, LAYER_SITES, MODEL_SITES, SITES, Head, Positions, hook_name  # noqa: F401  (re-exported)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,10 +125,11 @@ class Patch:
     """Replace a site's value by another.
 
     site: one of ``SITES``. heads: list of (layer, head) for head sites; layers: list of layers for
-    layer sites. positions: token positions (int, list, slice; negative counts from the end; None =
-    all). For the ``pattern`` site positions are query positions. rows: optional batch rows, one per
-    entry of ``heads`` (or of ``layers``): entry i is patched only in batch row rows[i], so that many
-    heads can be patched in one forward pass, one per row.
+    layer sites; neither for model sites (embed, ln_final). positions: token positions (int, list,
+    slice; negative counts from the end; None = all). For the ``pattern`` and ``attn_scores`` sites
+    positions are query positions. rows: optional batch rows, one per entry of ``heads`` (or of
+    ``layers``): entry i is patched only in batch row rows[i], so that many heads can be patched in one
+    forward pass, one per row; for a model site, rows lists the batch rows to patch.
 
     source, the replacing value:
       - a number: that constant (0.0 is zero-ablation);
@@ -136,7 +140,8 @@ class Patch:
         batch 1, broadcast);
       - ``"batch_mean"``: the mean over the batch of the value being replaced, per position;
       - a tensor: head sites take (n_layers, n_heads, d_head) or (len(heads), d_head), one vector a
-        head; layer sites take (d_model,) or (len(layers), d_model); broadcast over batch and position.
+        head; layer sites take (d_model,) or (len(layers), d_model), model sites (d_model,); broadcast
+        over batch and position (``pattern`` and ``attn_scores`` take no tensor source).
     """
 
     site: str = "z"
@@ -246,10 +251,37 @@ class ClampPattern:
         return [self]
 
 
-Intervention = Union[Patch, Ablate, Preserve, Graft, AddVector, ClampPattern]
+@dataclass(frozen=True, eq=False)
+class Hook:
+    """The escape hatch: run ``fn(x) -> x'`` on a site's activation and keep x' at the chosen entries.
+
+    ``fn`` gets the whole activation of one hook point (shape in ``iclscope.sites``, e.g. (B, T, H, D) for
+    ``z``) and must return a tensor of the same shape; x' replaces x at the entries that ``heads`` /
+    ``layers`` / ``positions`` / ``rows`` select (the same masks as ``Patch``), x stays elsewhere. With
+    several layers or several layers' heads, ``fn`` runs once per hook point.
+
+    Gradient rule: x' is NOT detached. Gradient flows through fn's output to whatever fn used (x itself,
+    a learned tensor, ...); entries outside the mask train as usual. For the detached rule of every
+    other intervention, return ``y.detach()`` from fn.
+    """
+
+    site: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    heads: Sequence[Head] | None = None
+    layers: Sequence[int] | None = None
+    positions: Positions = None
+    rows: Sequence[int] | None = None
+
+    def patches(self) -> list["Hook"]:
+        if not callable(self.fn):
+            raise IclscopeError(f"Hook({self.site!r}): fn must be a function x -> x', got {type(self.fn).__name__}")
+        return [self]
 
 
-__all__ = ["Patch", "Ablate", "Preserve", "Graft", "AddVector", "ClampPattern", "Intervention", "Constant",
+Intervention = Union[Patch, Ablate, Preserve, Graft, AddVector, ClampPattern, Hook]
+
+
+__all__ = ["Patch", "Ablate", "Preserve", "Graft", "AddVector", "ClampPattern", "Hook", "Intervention", "Constant",
            "CleanRun", "BatchMean", "FromCache", "FrozenModel", "Vectors", "Source", "as_source", "SITES",
-           "HEAD_SITES", "LAYER_SITES", "Head", "Positions", "hook_name"]
+           "HEAD_SITES", "LAYER_SITES", "MODEL_SITES", "Head", "Positions", "hook_name"]
 

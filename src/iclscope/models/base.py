@@ -15,6 +15,7 @@ A ``Model`` wraps a torch module whose forward pass calls ``hooks(name, tensor)`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -22,7 +23,7 @@ import torch
 from ..cache import Cache
 from ..compile import Plan, RunContext, compile_interventions, positions_index
 from ..errors import IclscopeError
-from ..sites import HEAD_SITES, SITES, hook_name, parse_hook_name
+from ..sites import HEAD_SITES, MODEL_SITES, PER_LAYER_SITES, QK_SITES, SITES, hook_name, parse_hook_name
 from .prefix import PrefixCache, PrefixRows
 
 
@@ -68,6 +69,9 @@ class Model:
     bos_token_id (or None), family (e.g. "gpt2", "llama", "tiny"), module (the torch module),
     hooks (its HookPoints).
 
+    Beyond ``run`` / ``intervene``: ``generate`` (decoding under interventions), ``tokenize`` (text ->
+    token inputs, also accepted by ``run`` directly), ``to(device, dtype)``, ``missing_sites()``.
+
     Subclasses implement ``_forward(inputs, prefix=None, kv_out=None) -> logits (B, T, vocab)`` and
     ``out_proj(layer, z)``: ``inputs`` is the dict of ``_inputs`` (``tokens`` and the family's extras);
     ``prefix`` a ``PrefixRows`` view on the final-token path; ``kv_out`` a dict to fill with every layer's
@@ -111,9 +115,23 @@ class Model:
     def dtype(self) -> torch.dtype:
         return next(self.module.parameters()).dtype
 
+    def missing_sites(self) -> dict[str, str]:
+        """{site: why} for the sites of ``iclscope.sites`` this model does not have (refused by name when
+        recorded or intervened on). Every family has all of them unless it says otherwise."""
+        return {}
+
     def hook_names(self) -> list[str]:
-        """Every hook point this model has."""
-        return [hook_name(s, layer) for layer in range(self.n_layers) for s in SITES]
+        """Every hook point this model has, in forward order of layers (model sites first and last)."""
+        missing = self.missing_sites()
+        per_layer = [s for s in PER_LAYER_SITES if s not in missing]
+        names = [hook_name("embed")] if "embed" not in missing else []
+        names += [hook_name(s, layer) for layer in range(self.n_layers) for s in per_layer]
+        return names + ([hook_name("ln_final")] if "ln_final" not in missing else [])
+
+    def to(self, device=None, dtype=None) -> "Model":
+        """Move (and/or cast) the weights; returns self."""
+        self.module.to(device=device, dtype=dtype)
+        return self
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(family={self.family!r}, n_layers={self.n_layers}, n_heads={self.n_heads}, "
@@ -146,18 +164,54 @@ class Model:
             prefix: "PrefixRows | None" = None) -> tuple[torch.Tensor, Cache]:
         """One forward pass under the active interventions plus ``interventions``, recording activations.
 
-        inputs: token ids (B, T) int64; or a dict / batch object of the family's inputs (token models:
+        inputs: token ids (B, T) int64; a string or a list of strings (tokenised with the model's tokenizer,
+            BOS as ``tokenize`` says, a list left-padded); or a dict / batch object of the family's inputs (token models:
             ``input_ids`` or ``tokens``, optional ``attention_mask``; the tiny model also ``vectors``
             (B, T, d_input) and ``vector_mask`` (B, T)). With ``prefix``, inputs default to the prefix's
             final tokens.
-        record: sites to record (e.g. ["z", "pattern"]) or full hook names; layers: which layers
-            (default all); positions: which token positions (default all; query positions for patterns).
+        record: sites to record (e.g. ["z", "pattern"], model sites such as "embed" once each) or full
+            hook names; layers: which layers (default all); positions: which token positions (default all;
+            query positions for patterns and scores). A site the model lacks (``missing_sites``) is refused.
         grad: keep recorded tensors attached to the graph (for attribution methods); default detached.
         prefix: a ``PrefixRows`` view (see ``run_last_token``): run only the final token of each row
             against that cached prefix.
         Returns (logits (B, T, vocab), Cache).
         """
+        if _is_text(inputs):
+            inputs = self.tokenize(inputs)
         return self._run(inputs, interventions, record, layers, positions, grad, prefix)
+
+    def tokenize(self, text: "str | Sequence[str]") -> dict:
+        """Token inputs for ``run`` from a string or a list of strings, with the model's tokenizer.
+
+        BOS convention: a tokenizer that adds the BOS token itself (Llama's) is used as it is; otherwise
+        (GPT-2, GPT-NeoX/Pythia) the model's ``bos_token_id`` is prepended. A list is left-padded (pad id:
+        the tokenizer's pad token, else BOS, else 0) with an ``attention_mask``, so that position -1 is every
+        row's last token. Returns {"tokens": (B, T) int64, "attention_mask": (B, T) int64}."""
+        tok = self.tokenizer
+        if tok is None:
+            raise IclscopeError(f"this {self.family} model has no tokenizer; give token ids (B, T) instead of text")
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise IclscopeError("text inputs must be a string or a non-empty list of strings")
+        bos = self.bos_token_id
+        rows = []
+        for t in texts:
+            ids = list(tok(t)["input_ids"])
+            if bos is not None and not (ids and ids[0] == bos and len(ids) > len(tok(t, add_special_tokens=False)["input_ids"])):
+                ids = [bos] + ids
+            if not ids:
+                raise IclscopeError(f"the text {t!r} tokenises to nothing and the model has no BOS token")
+            rows.append(ids)
+        pad = getattr(tok, "pad_token_id", None)
+        pad = pad if pad is not None else (bos if bos is not None else 0)
+        T = max(map(len, rows))
+        tokens = torch.full((len(rows), T), pad, dtype=torch.long)
+        mask = torch.zeros(len(rows), T, dtype=torch.long)
+        for i, ids in enumerate(rows):
+            tokens[i, T - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask[i, T - len(ids):] = 1
+        return {"tokens": tokens.to(self.device), "attention_mask": mask.to(self.device)}
 
     def _run(self, inputs, interventions=(), record=None, layers=None, positions=None, grad=False, prefix=None,
              kv_out: dict | None = None) -> tuple[torch.Tensor, Cache]:
@@ -193,6 +247,93 @@ class Model:
             self.hooks.clear()
         return logits, cache
 
+    # ------------------------------------------------------------------ generation
+    def generate(self, inputs: Any, max_new_tokens: int, interventions: Sequence = (), do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int | None = None, seed: int | None = None,
+                 positions_mode: str = "prompt", stop_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """Generate ``max_new_tokens`` tokens per row, greedily or by sampling, under interventions.
+
+        inputs: as for ``run`` (token ids (B, T), a dict with a left-padding ``attention_mask``, a string
+            or a list of strings, left-padded). interventions: applied, with those of any enclosing
+            ``model.intervene`` block, at every step. do_sample: False = greedy (argmax, ties to the lowest
+            id, as transformers' greedy search); True = sample from softmax(logits / temperature), keeping
+            only the ``top_k`` most likely tokens when given; ``seed`` makes sampling reproducible
+            (a private generator; None uses torch's global one). stop_ids: once a row emits one of these
+            ids, its remaining entries repeat that id; generation ends when every row has stopped.
+        Returns (B, max_new_tokens) int64 on the model's device.
+
+        Positions (the gotcha). Each step is one full forward pass over the prompt plus the tokens
+        generated so far, so "the final position" moves as tokens are generated. ``positions_mode``
+        says what an intervention's ``positions`` refer to:
+
+        - ``"prompt"`` (default): the prompt's positions only, fixed for the whole generation. A negative
+          position counts from the PROMPT's end: ``positions=-1`` is the prompt's last token at every
+          step (exactly a single-pass study at -1, carried through the decoding); a slice is taken over
+          the prompt's positions.
+        - ``"every"``: positions count in the growing sequence and are re-applied at each step:
+          ``positions=-1`` is the newest token (every generated token is produced under it).
+
+        In both modes ``positions=None`` is every position of the growing sequence (prompt and new
+        tokens). A source that must match the sequence's shape (a ``Cache`` from another run, a pattern
+        tensor) fails from the second step; give a tensor of vectors or a constant instead.
+        Cost: one full pass per new token (no key/value cache).
+        """
+        if _is_text(inputs):
+            inputs = self.tokenize(inputs)
+        d = self._inputs(inputs)
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise IclscopeError(f"generate: max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        if positions_mode not in ("prompt", "every"):
+            raise IclscopeError(f"generate: positions_mode must be 'prompt' or 'every', got {positions_mode!r}")
+        if do_sample and not float(temperature) > 0:
+            raise IclscopeError(f"generate: temperature must be > 0, got {temperature}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise IclscopeError(f"generate: top_k must be an integer >= 1, got {top_k!r}")
+        extra = sorted(set(d) - {"tokens", "attention_mask"})
+        if extra:
+            raise IclscopeError(f"generate takes token inputs (and an attention_mask) only, not {extra}")
+        tokens, mask = d["tokens"].to(self.device), d.get("attention_mask")
+        mask = None if mask is None else mask.to(self.device)
+        B, P = tokens.shape
+        if P == 0:
+            raise IclscopeError("generate: the prompt is empty")
+        if self.n_ctx is not None and P + max_new_tokens > self.n_ctx:
+            raise IclscopeError(f"generate: {P} prompt tokens + {max_new_tokens} new ones exceed the model's "
+                                f"n_ctx={self.n_ctx}")
+        ivs = self.active_interventions() + list(interventions)
+        if positions_mode == "prompt":
+            ivs = [_at_prompt_positions(iv, P) for iv in ivs]
+        compile_interventions(ivs, self)  # bad input fails before any pass
+        stops = None if stop_ids is None else torch.as_tensor(list(stop_ids), dtype=torch.long, device=self.device)
+        gen = None
+        if do_sample and seed is not None:
+            gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        out = torch.empty(B, max_new_tokens, dtype=torch.long, device=self.device)
+        stopped = torch.zeros(B, dtype=torch.bool, device=self.device)
+        fill = torch.zeros(B, dtype=torch.long, device=self.device)
+        saved, self._stack, self._compiled = self._stack, [], None  # the context's interventions are in ivs
+        try:
+            with torch.no_grad():
+                for step in range(max_new_tokens):
+                    inp = {"tokens": tokens} if mask is None else {"tokens": tokens, "attention_mask": mask}
+                    logits = self._run(inp, ivs)[0][:, -1].float()  # (B, vocab)
+                    nxt = _next_token(logits, do_sample, float(temperature), top_k, gen)
+                    if stops is not None:
+                        nxt = torch.where(stopped, fill, nxt)
+                        hit = torch.isin(nxt, stops) & ~stopped
+                        fill = torch.where(hit, nxt, fill)
+                        stopped = stopped | hit
+                    out[:, step] = nxt
+                    if stops is not None and bool(stopped.all()):
+                        out[:, step + 1:] = fill[:, None]
+                        break
+                    tokens = torch.cat([tokens, nxt[:, None]], 1)
+                    if mask is not None:
+                        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        finally:
+            self._stack, self._compiled = saved, None
+        return out
+
     # ------------------------------------------------------------------ final token against a cached prefix
     def prefix_cache(self, inputs: Any, interventions: Sequence = ()) -> "PrefixCache":
         """One full pass (no gradient, under the active interventions plus ``interventions``) that keeps
@@ -201,6 +342,8 @@ class Model:
 
         The cached keys/values are those the layer computed, before any k/v hook; the cache also holds the
         full pass's final-position logits (``.logits``, (B, vocab))."""
+        if _is_text(inputs):
+            inputs = self.tokenize(inputs)
         d = self._inputs(inputs)
         T = d["tokens"].shape[1]
         if T < 2:
@@ -272,9 +415,15 @@ class Model:
 
     def _record_names(self, record: Sequence[str], layers) -> list[str]:
         layers = range(self.n_layers) if layers is None else list(layers)
+        missing = self.missing_sites()
         names = []
         for r in record:
-            if r in SITES:
+            site = r if r in SITES else (parse_hook_name(r)[0] if _is_hook(r) else None)
+            if site in missing:
+                raise IclscopeError(f"record: this {self.family} model has no {site!r} site: {missing[site]}")
+            if r in MODEL_SITES:
+                names.append(hook_name(r))
+            elif r in SITES:
                 for layer in layers:
                     if not 0 <= int(layer) < self.n_layers:
                         raise IclscopeError(f"record: layer {layer} is out of range: the model has "
@@ -325,8 +474,40 @@ class _Done(Exception):
     """Raised inside a pre-pass once every value it was asked for is recorded."""
 
 
+def _at_prompt_positions(iv, P: int):
+    """``iv`` with its positions made absolute against a prompt of length P (None stays None)."""
+    pos = getattr(iv, "positions", None)
+    if pos is None or not dataclasses.is_dataclass(iv):
+        return iv
+    return dataclasses.replace(iv, positions=positions_index(pos, P).tolist())
+
+
+def _next_token(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, gen) -> torch.Tensor:
+    """(B,) next ids from final-position logits (B, vocab): argmax, or a sample (temperature, top-k)."""
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
+
+
+def _is_text(inputs) -> bool:
+    return isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and len(inputs) > 0
+                                       and all(isinstance(t, str) for t in inputs))
+
+
+def _is_hook(name: str) -> bool:
+    try:
+        parse_hook_name(name)
+    except IclscopeError:
+        return False
+    return True
+
+
 def _recorder(cache: Cache, name: str, pos: torch.Tensor | None, grad: bool):
-    is_pattern = name.endswith("hook_pattern")
+    is_pattern = parse_hook_name(name)[0] in QK_SITES  # (B, H, query, key): positions are query positions
 
     def record(x: torch.Tensor, ctx) -> torch.Tensor:
         if pos is None:

@@ -10,8 +10,11 @@ so this is exactly R separate runs). R=1 is the ordinary model. Inputs and hook 
 into the batch: rows r*B .. r*B+B-1 belong to model r.
 
 Hook points (B' = R*B rows, T positions, H heads, D d_head), called through ``self.hooks``:
-  blocks.L.hook_resid_pre (B',T,d_model) -> attn.hook_q/k/v (B',T,H,D) -> attn.hook_pattern (B',H,T,T)
-  -> attn.hook_z (B',T,H,D) -> hook_attn_out (B',T,d_model) -> [MLP] -> hook_resid_post (B',T,d_model)
+  hook_embed (B',T,d_model) -> per block L: blocks.L.hook_resid_pre (B',T,d_model) -> attn.hook_q/k/v
+  (B',T,H,D) -> attn.hook_attn_scores, attn.hook_pattern (B',H,T,T) -> attn.hook_z (B',T,H,D) ->
+  hook_attn_out (B',T,d_model) -> hook_resid_mid -> [hook_mlp_in -> MLP -> hook_mlp_out] ->
+  hook_resid_post (B',T,d_model) -> hook_ln_final (B',T,d_model) -> unembedding.
+An attention-only model (d_mlp=0) has no mlp_in/mlp_out; one without LayerNorms no ln_final.
 
 Saved as ``model.safetensors`` + ``iclscope.json`` (the config) in one directory.
 """
@@ -30,11 +33,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..errors import IclscopeError
-from ..sites import layer_names
+from ..sites import hook_name, layer_names
 from .base import HookPoints, Model
 
 CONFIG_FILE = "iclscope.json"
 WEIGHTS_FILE = "model.safetensors"
+EMBED, LN_FINAL = hook_name("embed"), hook_name("ln_final")
 SDPA_MIN_LEN = 32  # below this, a plain matmul attention is faster than the fused kernel on CPU
 
 
@@ -147,6 +151,8 @@ class Block(nn.Module):
             if live:
                 q, k, v = h(n["q"], q), h(n["k"], k), h(n["v"], v)
             scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) * (D ** -0.5) + mask  # (RB, H, T, T)
+            if live:
+                scores = h(n["attn_scores"], scores)  # masked keys at -inf
             pattern = scores.softmax(-1)
             if live:
                 pattern = h(n["pattern"], pattern)
@@ -158,10 +164,11 @@ class Block(nn.Module):
                                                attn_mask=None if past is None else mask,
                                                is_causal=past is None).transpose(1, 2)
         attn_out = self.out(z.reshape(R, -1, d)).view(RB, T, d)
-        x = x + h(n["attn_out"], attn_out)
+        x = h(n["resid_mid"], x + h(n["attn_out"], attn_out))
         if self.cfg.d_mlp:
             m = self.ln2(x.view(R, -1, d)) if self.ln2 is not None else x.view(R, -1, d)
-            x = x + self.mlp_out(F.gelu(self.mlp_in(m))).view(RB, T, d)
+            m = h(n["mlp_in"], m.view(RB, T, d)).view(R, -1, d)
+            x = x + h(n["mlp_out"], self.mlp_out(F.gelu(self.mlp_in(m))).view(RB, T, d))
         return h(n["resid_post"], x)
 
     def reset(self, r: int) -> None:
@@ -240,11 +247,12 @@ class TinyTransformer(nn.Module):
             x = (x.view(R, -1, T, cfg.d_model) + self.pos[:, None, P:P + T]).view(RB, T, -1)
         rope = (self.rope_cos[P:P + T], self.rope_sin[P:P + T]) if cfg.positions == "rotary" else None
         mask = self.causal_mask[P:P + T, :P + T]
+        x = self.hooks(EMBED, x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, mask, None if past is None else past[i], kv_out)
         x = x.view(R, -1, cfg.d_model)
         if self.ln_f is not None:
-            x = self.ln_f(x)
+            x = self.hooks(LN_FINAL, self.ln_f(x).view(RB, T, -1)).view(R, -1, cfg.d_model)
         return self.unembed(x).view(RB, T, -1)
 
 
@@ -293,6 +301,14 @@ class TinyModel(Model):
                                     "member 1's, ..., the same number for each member")
         past = [prefix.kv(i) for i in range(self.cfg.n_layers)]
         return self.module(tokens, vectors, vector_mask, past=past)
+
+    def missing_sites(self) -> dict[str, str]:
+        out = {}
+        if not self.cfg.d_mlp:
+            out.update({s: "the model is attention-only (d_mlp=0): it has no MLP" for s in ("mlp_in", "mlp_out")})
+        if not self.cfg.layernorm:
+            out["ln_final"] = "the model has no LayerNorms (layernorm=False), so no final norm"
+        return out
 
     def out_proj(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         """z (..., H, D) -> (..., d_model) through model 0's output projection (bias included)."""

@@ -5,7 +5,7 @@ mistral, ...) calls ``iclscope_attention`` with queries and keys after rotary. I
 one body:
 
 - nothing hooked in this layer, full sequence: the fused SDPA kernel (the stock model's cost);
-- something hooked: eager attention that calls the hook points q, k, v, pattern, z (GQA kv groups
+- something hooked: eager attention that calls the hook points q, k, v, attn_scores, pattern, z (GQA kv groups
   expanded to one key/value per query head, as transformers' ``repeat_kv``);
 - the final-token path (``Model.run(..., prefix=...)``): the new token's query against the cached keys
   and values of the prefix plus its own. When every row continues one prompt and no k/v hook is live,
@@ -105,6 +105,8 @@ def _eager(module, hooks, names, live, query, key, value, attention_mask, scalin
         scores = scores.masked_fill(~attention_mask[..., :S_all], lowest)
     else:
         scores = scores + attention_mask[..., :S_all].float()
+    if live:
+        scores = hooks(names["attn_scores"], scores)  # (B, H, Tq, S) float32, masked keys at `lowest`
     pattern = scores.softmax(-1).to(value.dtype)
     if live:
         pattern = hooks(names["pattern"], pattern)

@@ -1,10 +1,18 @@
 """``HFModel``: the head interface over a Hugging Face causal LM.
 
-Attention goes through the one registered function of ``attention.py``; residual-stream sites
-(resid_pre, attn_out, resid_post) are torch forward hooks on the decoder layers and attention modules,
-registered once, each one dict lookup when unused. The only per-family facts are where the decoder
-layers, attention modules and output projections live (``_LAYOUTS``); a family whose attention does not
-route through the interface is refused at load time.
+Attention goes through the one registered function of ``attention.py``; the other sites are torch
+forward hooks registered once, each one dict lookup when unused: embed and resid_pre on the decoder
+layers' inputs, attn_out and resid_mid on the attention modules' outputs, mlp_in and mlp_out on the MLP
+modules, resid_post on the layers' outputs, ln_final on the final norm. The only per-family facts are
+where the decoder layers, attention modules, output projections, MLPs and final norm live
+(``_LAYOUTS``); a family whose attention does not route through the interface is refused at load time.
+
+resid_mid (residual after attention, before the MLP) is not a tensor the stock layer hands to any
+module; it is resid_pre + attn_out, computed at the attention module's output from the layer input kept
+by the pre-hook. A change to it reaches the layer as a change of the attention output by the difference
+(new - old), so the MLP and the residual both see the new value (up to float rounding) and replaced
+entries pass no gradient to resid_pre or attn_out (the two paths cancel). Families whose attention and
+MLP run in parallel (GPT-NeoX/Pythia with use_parallel_residual) have no resid_mid: it is refused.
 """
 
 from __future__ import annotations
@@ -16,12 +24,13 @@ from ...sites import hook_name
 from ..base import HookPoints, Model, PrefixRows
 from .attention import ATTN_IMPL, register
 
-# family (config.model_type) -> (decoder layers path, attention module name in a layer, output projection name)
+# family (config.model_type) -> (decoder layers path, attention module name in a layer, output projection name,
+# MLP module name in a layer, final norm path)
 _LAYOUTS = {
-    "gpt2": ("transformer.h", "attn", "c_proj"),
-    "gpt_neox": ("gpt_neox.layers", "attention", "dense"),
+    "gpt2": ("transformer.h", "attn", "c_proj", "mlp", "transformer.ln_f"),
+    "gpt_neox": ("gpt_neox.layers", "attention", "dense", "mlp", "gpt_neox.final_layer_norm"),
 }
-_DEFAULT_LAYOUT = ("model.layers", "self_attn", "o_proj")
+_DEFAULT_LAYOUT = ("model.layers", "self_attn", "o_proj", "mlp", "model.norm")
 
 
 def _get(obj, path: str):
@@ -49,7 +58,7 @@ class HFModel(Model):
         self.n_ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
         self.bos_token_id = (tokenizer.bos_token_id if tokenizer is not None and tokenizer.bos_token_id is not None
                              else getattr(cfg, "bos_token_id", None))
-        layers_path, attn_name, proj_name = _LAYOUTS.get(self.family, _DEFAULT_LAYOUT)
+        layers_path, attn_name, proj_name, mlp_name, norm_path = _LAYOUTS.get(self.family, _DEFAULT_LAYOUT)
         try:
             self.layers = _get(module, layers_path)
             self.attns = [getattr(layer, attn_name) for layer in self.layers]
@@ -59,28 +68,88 @@ class HFModel(Model):
                                 f"{layers_path}.N.{attn_name}.{proj_name}") from None
         if len(self.layers) != self.n_layers:
             raise IclscopeError(f"{name}: found {len(self.layers)} decoder layers, config says {self.n_layers}")
+        self._missing: dict[str, str] = {}
+        self.mlps = [getattr(layer, mlp_name, None) for layer in self.layers]
+        if any(m is None for m in self.mlps):
+            self._missing.update({s: f"its decoder layers have no .{mlp_name} module" for s in ("mlp_in", "mlp_out")})
+        try:
+            self.final_norm = _get(module, norm_path)
+        except AttributeError:
+            self.final_norm = None
+            self._missing["ln_final"] = f"its final norm is not at {norm_path}"
+        if getattr(cfg, "use_parallel_residual", False):
+            self._missing["resid_mid"] = ("attention and MLP run in parallel (use_parallel_residual): both read "
+                                          "resid_pre, and resid_post = resid_pre + attn_out + mlp_out")
         module.set_attn_implementation(ATTN_IMPL)
         for i, (layer, attn) in enumerate(zip(self.layers, self.attns)):
             attn._iclscope_hooks = self.hooks  # wiring, set once: the run's state lives in self.hooks
             if getattr(attn, "layer_idx", None) != i:
                 attn.layer_idx = i
-            layer.register_forward_pre_hook(self._pre_hook(hook_name("resid_pre", i)), with_kwargs=True)
+            pre_names = ([hook_name("embed")] if i == 0 else []) + [hook_name("resid_pre", i)]
+            layer.register_forward_pre_hook(self._pre_hook(pre_names, hook_name("resid_mid", i)), with_kwargs=True)
             layer.register_forward_hook(self._post_hook(hook_name("resid_post", i)))
-            attn.register_forward_hook(self._post_hook(hook_name("attn_out", i)))
+            attn.register_forward_hook(self._attn_hook(hook_name("attn_out", i), hook_name("resid_mid", i)))
+            if self.mlps[i] is not None:
+                self.mlps[i].register_forward_pre_hook(self._input_hook(hook_name("mlp_in", i)))
+                self.mlps[i].register_forward_hook(self._post_hook(hook_name("mlp_out", i)))
+        if self.final_norm is not None:
+            self.final_norm.register_forward_hook(self._post_hook(hook_name("ln_final")))
         module.eval()
         self._check_routing()
 
-    def _pre_hook(self, name):
+    def missing_sites(self) -> dict[str, str]:
+        return dict(self._missing)
+
+    def _pre_hook(self, names: list[str], mid_name: str):
+        """A decoder layer's input: the hooks of ``names`` in order (embed before layer 0, resid_pre); the
+        result is kept in the run context when the layer's resid_mid is hooked (see the module docstring)."""
         hooks = self.hooks
 
         def pre(mod, args, kwargs):
-            if name not in hooks.ops:
+            live = [n for n in names if n in hooks.ops]
+            if not live and mid_name not in hooks.ops:
+                return None
+            x = args[0] if args else kwargs["hidden_states"]
+            for n in live:
+                x = hooks(n, x)
+            if mid_name in hooks.ops:
+                hooks.ctx.scratch[mid_name] = x
+            if not live:
                 return None
             if args:
-                return (hooks(name, args[0]),) + tuple(args[1:]), kwargs
+                return (x,) + tuple(args[1:]), kwargs
             kwargs = dict(kwargs)
-            kwargs["hidden_states"] = hooks(name, kwargs["hidden_states"])
+            kwargs["hidden_states"] = x
             return args, kwargs
+
+        return pre
+
+    def _attn_hook(self, out_name: str, mid_name: str):
+        """The attention module's output: attn_out's hooks, then resid_mid's (resid_pre + attn_out)."""
+        hooks = self.hooks
+
+        def post(mod, args, output):
+            if out_name not in hooks.ops and mid_name not in hooks.ops:
+                return None
+            a = output[0] if isinstance(output, tuple) else output
+            a = hooks(out_name, a)
+            if mid_name in hooks.ops:
+                mid = hooks.ctx.scratch.pop(mid_name) + a
+                new = hooks(mid_name, mid)
+                if new is not mid:
+                    a = a + (new - mid)
+            return (a,) + tuple(output[1:]) if isinstance(output, tuple) else a
+
+        return post
+
+    def _input_hook(self, name: str):
+        """A module's first positional input (the MLP's: mlp_in)."""
+        hooks = self.hooks
+
+        def pre(mod, args):
+            if name not in hooks.ops:
+                return None
+            return (hooks(name, args[0]),) + tuple(args[1:])
 
         return pre
 
