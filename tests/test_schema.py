@@ -173,7 +173,7 @@ BAD = [
     ("fewshot", "clamp", [{**CLAMP_OK, "strenght": 0.5}], "strenght"),
     ("fewshot", "clamp", [{"kind": "ClampPattern", "pattern": "prev_token"}], "heads"),
     ("fewshot", "clamp", [{"kind": "Ablate", "heads": "all", "how": "median"}], '"median"'),
-    ("fewshot", "clamp", [{"kind": "Preserve", "site": "mlp_out", "layers": [0]}], '"mlp_out"'),
+    ("fewshot", "clamp", [{"kind": "Preserve", "site": "mlp_output", "layers": [0]}], '"mlp_output"'),
     ("fewshot", "clamp", [{"kind": "Preserve", "site": "resid_post", "heads": "all"}], "layers"),
     ("fewshot", "clamp", [{"kind": "Graft", "layers": [0]}], "source"),
     ("fewshot", "clamp", [{"kind": "Graft", "source": "", "layers": [0]}], '""'),

@@ -15,7 +15,7 @@ from .errors import IclscopeError
 __version__ = "0.1.0"
 
 _LAZY = {"Cache": "cache", "AddVector": "interventions", "Ablate": "interventions", "ClampPattern": "interventions",
-         "Graft": "interventions", "Patch": "interventions", "Preserve": "interventions", "SITES": "sites",
+         "Graft": "interventions", "Hook": "interventions", "Patch": "interventions", "Preserve": "interventions", "SITES": "sites",
          "hook_name": "sites", "compile_interventions": "compile", "Model": "models", "TinyConfig": "models",
          "TinyModel": "models", "head_means": "models", "load": "models"}
 
