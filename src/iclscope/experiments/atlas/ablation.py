@@ -38,7 +38,7 @@ def ablation_study(model, eval_prompts: dict, table: pd.DataFrame, fractions=FRA
     pos = [-1] if positions == "final" else None
     mean = None
     if how == "mean":
-        from ..models import head_means
+        from ...models import head_means
         with torch.no_grad():
             sums, count = None, 0
             for batch in eval_prompts.values():

@@ -58,7 +58,7 @@ def copy_prompts(model, n: int, seed: int) -> dict:
     lay = (getattr(model, "meta", {}) or {}).get("token_layout")
     if not lay or "k" not in lay:
         return {}
-    from ..data.mixture import MixtureConfig, MixtureData
+    from ...data.mixture import MixtureConfig, MixtureData
     data = MixtureData(MixtureConfig(n_words=lay["n_words"], n_tasks=lay["n_tasks"], task_seed=lay["task_seed"],
                                      k=lay["k"]))
     batch = data.condition("fresh_repeat", n, torch.Generator().manual_seed(seed))

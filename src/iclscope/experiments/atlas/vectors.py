@@ -38,7 +38,7 @@ def function_vectors(model, tasks: dict, table: pd.DataFrame, top: int | None = 
     layers = range(model.n_layers) if layers is None else layers
     heads = ranked_heads(score_grid(table, "fv", model))[:top]
     rows = []
-    from ..models import head_means
+    from ...models import head_means
     for name, task in tasks.items():
         few = build_eval_prompts(model, task, k, n, seed)
         zero = build_eval_prompts(model, task, 0, n, seed)
