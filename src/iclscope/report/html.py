@@ -120,8 +120,12 @@ def column_format(values: pd.Series, digits: int = 3):
     if m >= 1e9 or m < 1e-3:
         return lambda v: fmt_number(v, digits)
     dec = int(min(6, max(0, digits - 1 - math.floor(math.log10(m)))))
-    return lambda v: fmt_number(v, digits) if not (isinstance(v, (float, np.floating)) and np.isfinite(v)) \
-        else f"{float(v):,.{dec}f}"
+
+    def fixed(v):  # a nonzero value too small for the column's decimals keeps its own digits (p-values)
+        if not (isinstance(v, (float, np.floating)) and np.isfinite(v)) or (v != 0 and abs(v) < 0.5 * 10 ** -dec):
+            return fmt_number(v, digits)
+        return f"{float(v):,.{dec}f}"
+    return fixed
 
 
 def label(name: Any) -> str:
