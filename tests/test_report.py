@@ -117,7 +117,7 @@ def test_tables_are_formatted_for_reading():
     assert [c["name"] for c in t["columns"]] == ["zero shot accuracy", "steps", "p"]
     assert [row[0]["text"] for row in t["rows"]] == ["0.123", "0.500"]
     assert [row[1]["text"] for row in t["rows"]] == ["1,000", "20,000"]
-    assert t["rows"][0][2]["text"] == "1.00e-07" and not t["sortable"] and not t["wide"]
+    assert t["rows"][0][2]["text"] == "<0.001" and not t["sortable"] and not t["wide"]
     assert fmt_number(float("nan")) == "–" and fmt_number(0.0001234) == "1.23e-04" and fmt_number(12.3456) == "12.3"
     assert table_context(pd.DataFrame({"a": range(30)}))["sortable"]
 

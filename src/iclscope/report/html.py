@@ -121,9 +121,11 @@ def column_format(values: pd.Series, digits: int = 3):
         return lambda v: fmt_number(v, digits)
     dec = int(min(6, max(0, digits - 1 - math.floor(math.log10(m)))))
 
-    def fixed(v):  # a nonzero value too small for the column's decimals keeps its own digits (p-values)
-        if not (isinstance(v, (float, np.floating)) and np.isfinite(v)) or (v != 0 and abs(v) < 0.5 * 10 ** -dec):
+    def fixed(v):
+        if not (isinstance(v, (float, np.floating)) and np.isfinite(v)):
             return fmt_number(v, digits)
+        if v != 0 and abs(v) < 0.5 * 10 ** -dec:  # too small for the column's decimals: say so, not "0.000"
+            return f"{'<' if v > 0 else '>-'}{10 ** -dec:.{dec}f}"
         return f"{float(v):,.{dec}f}"
     return fixed
 

@@ -43,7 +43,7 @@ MIN_FONT_PT = 9.0         # the smallest text at 100 % width
 STYLE = {
     "font.size": 10.5,
     "axes.titlesize": 11.5,
-    "axes.titleweight": "semibold",
+    "axes.titleweight": "bold",
     "axes.labelsize": 10.5,
     "xtick.labelsize": 9.5,
     "ytick.labelsize": 9.5,
@@ -94,6 +94,8 @@ def _readable(fig) -> None:
         size = size if isinstance(size, (int, float)) else MIN_FONT_PT
         if size < min_pt:
             ax.tick_params(axis="both", which="both", labelsize=min_pt)
+        if ax.images:  # a grid over a heat map hides its cells
+            ax.grid(False)
         width_in = ax.get_position().width * w_in
         for t in (ax.title, ax._left_title, ax._right_title):
             _wrap(t, width_in)
@@ -149,8 +151,8 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
 
 def label_points(ax, xs, ys, labels, max_labels: int | None = 12, fontsize: float | None = None) -> list:
     """Label points of a scatter plot (e.g. heads as "L3H5") without labels covering each other: each
-    label takes the first of eight offsets around its point whose box overlaps no label placed before;
-    a label with no free place is left out. With ``max_labels``, only the first that many are labelled
+    label takes the first of eight offsets around its point whose box stays inside the axes and overlaps
+    no label placed before nor the legend (draw the legend first); a label with no free place is left out. With ``max_labels``, only the first that many are labelled
     (pass the points in order of interest). Returns the placed annotations.
 
     xs, ys: (n,) data coordinates; labels: (n,) strings."""
@@ -164,7 +166,9 @@ def label_points(ax, xs, ys, labels, max_labels: int | None = 12, fontsize: floa
     size = fontsize or max(MIN_FONT_PT, mpl.rcParams["xtick.labelsize"] if isinstance(
         mpl.rcParams["xtick.labelsize"], (int, float)) else MIN_FONT_PT)
     offsets = [(5, 5), (5, -12), (-5, 5), (-5, -12), (0, 9), (0, -15), (9, -3), (-9, -3)]
-    placed, boxes = [], []
+    frame = ax.get_window_extent(renderer)
+    legend = ax.get_legend()
+    placed, boxes = [], [legend.get_window_extent(renderer)] if legend is not None else []
     for i, (x, y, text) in enumerate(zip(xs, ys, labels)):
         if max_labels is not None and len(placed) >= max_labels:
             break
@@ -176,7 +180,8 @@ def label_points(ax, xs, ys, labels, max_labels: int | None = 12, fontsize: floa
                               bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
                               arrowprops=None, annotation_clip=True)
             box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
-            if not any(box.overlaps(b) for b in boxes):
+            inside_axes = (frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1)
+            if inside_axes and not any(box.overlaps(b) for b in boxes):
                 boxes.append(box)
                 placed.append(ann)
                 break
