@@ -36,3 +36,55 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     assert "holds no model" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("info", "--model", "random:mamba")
     assert r.returncode == 2 and "unknown family" in r.stderr and "Traceback" not in r.stderr
+
+
+def _actions(parser):
+    """(command, action) for every option and positional of every (sub)command."""
+    import argparse
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for name, sub in a.choices.items():
+                for cmd, b in _actions(sub):
+                    yield f"{name} {cmd}".strip(), b
+        elif not isinstance(a, argparse._HelpAction):
+            yield "", a
+
+
+def test_every_option_help_shows_its_default_or_is_required():
+    from iclscope.cli import HelpFormatter, build_parser
+
+    seen = 0
+    for cmd, a in _actions(build_parser()):
+        text = HelpFormatter("iclscope")._get_help_string(a)
+        assert a.help, (cmd, a.dest)
+        if a.required or (not a.option_strings and a.nargs not in ("?", "*")):
+            continue  # required: nothing to default to
+        assert "default" in text.lower(), (cmd, a.option_strings, text)
+        seen += 1
+    assert seen > 50
+
+
+def test_help_and_argument_errors_import_no_torch():
+    code = ("import sys\nfrom iclscope.cli import main\nfor argv in (['--help'], ['atlas', '--help'], "
+            "['atlas', '--model', 'm', '--out', 'o', '--fractions', '5']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_argument_error_is_one_line_exit_2():
+    r = run_cli("atlas", "--model", "random:gpt2", "--out", "x", "--fractions", "5,10")
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--fractions" in lines[0] and "percent" in lines[0], r.stderr
+
+
+def test_fractions_default_are_fractions():
+    from iclscope.cli import build_parser
+
+    args = build_parser().parse_args(["atlas", "--model", "m", "--out", "o"])
+    assert args.fractions == [0.0, 0.01, 0.03, 0.05, 0.07, 0.09, 0.15, 0.2]
+    args = build_parser().parse_args(["compare", "a", "b"])
+    assert args.fractions == [0.02, 0.05, 0.1, 0.2] and args.depth_fraction == 0.1

@@ -1,9 +1,92 @@
-"""``iclscope <command>``: the command-line interface. ``iclscope --help`` lists the commands."""
+"""``iclscope <command>``: the command-line interface. ``iclscope --help`` lists the commands.
+
+Every option is checked when it is parsed (the types of :mod:`iclscope.schema`), so a bad value is one
+line on stderr and exit status 2 before anything is loaded or written. Heavy modules (torch, the
+experiments) are imported inside the command functions only: ``iclscope --help`` and argument errors
+stay fast.
+
+Exit status: 0 done; 2 bad input (an argument error or an :class:`~iclscope.errors.IclscopeError`, one
+line); an IclscopeError subclass whose class sets ``exit_code`` (a fault at run time, e.g. a diverging
+training loss) exits with that code, also one line; 130 interrupted (Ctrl-C), one line. Any other
+exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+
+from .schema import (check_device, choice, device, key_value, make_fraction_list, name_list, nonnegative_int,
+                     positive_count, positive_int, probability, revision, seed_list)
+
+DTYPES = ("float32", "bfloat16", "float16", "float64", "fp32", "bf16", "fp16")  # iclscope.models._DTYPES
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # transformers' device_map strategies
+CONDITIONS = ("none", "prev_token", "layer1", "layer1+match", "copy", "layer1+copy")  # experiments.lab.CONDITIONS
+VARY_NAMES = ("labels", "classes", "burstiness", "context")  # experiments.lab.DATA_KEYS
+
+fractions_with_zero = make_fraction_list(allow_zero=True)
+fractions_above_zero = make_fraction_list(allow_zero=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Value types local to the CLI (built from the schema's)
+# ----------------------------------------------------------------------------------------------------
+
+
+def one_fraction(text: str) -> float:
+    """One fraction in (0, 1] ("0.1"; a percent such as "10" is refused)."""
+    if "," in str(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one fraction in (0, 1], e.g. 0.1")
+    return fractions_above_zero(text)[0]
+
+
+def revision_list(text: str) -> list[str]:
+    """Comma-separated distinct hub revisions ("step1,step1000")."""
+    names = name_list(text)
+    for r in names:
+        revision(r)
+    return names
+
+
+def condition_list(text: str) -> list[str]:
+    """Comma-separated distinct clamp-sweep conditions, each one of CONDITIONS."""
+    names = name_list(text)
+    pick = choice(*CONDITIONS)
+    for n in names:
+        pick(n)
+    return names
+
+
+def set_item(text: str) -> str:
+    """A ``--set KEY=VALUE`` override, checked for shape (:func:`iclscope.schema.key_value`); returned as
+    given, for ``load_config``."""
+    key_value(text)
+    return str(text).strip()
+
+
+_VARY_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def vary(text: str) -> str:
+    """``NAME=v1,v2,...`` for data-sweep: NAME one of VARY_NAMES or a dotted config key; at least one value,
+    no empty or repeated value. Returned as given (the lab parses the values)."""
+    name, sep, values = str(text).partition("=")
+    name = name.strip()
+    if not sep or not _VARY_KEY.fullmatch(name) or ("." not in name and name not in VARY_NAMES):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=v1,v2,... with NAME one of "
+                                         f"{', '.join(VARY_NAMES)} or a dotted config key such as "
+                                         "data.exemplar_noise, e.g. labels=5,10,15")
+    try:
+        name_list(values)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{name}= values {e}") from None
+    return str(text).strip()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The commands (heavy imports inside)
+# ----------------------------------------------------------------------------------------------------
 
 
 def _cmd_demo(args) -> int:
@@ -41,28 +124,19 @@ def _cmd_additivity(args) -> int:
     return 0
 
 
-def _seeds(text: str) -> list[int]:
-    from .errors import IclscopeError
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise IclscopeError(f"--seeds {text!r}: expected a comma-separated list of integers") from None
-
-
 def _cmd_clamp_sweep(args) -> int:
     from .experiments.lab import clamp_sweep
 
-    conditions = args.conditions.split(",") if args.conditions else None
-    clamp_sweep(args.config, out=args.out, seeds=_seeds(args.seeds), sequences=int(float(args.sequences)),
-                conditions=conditions, workers=args.workers)
+    clamp_sweep(args.config, out=args.out, seeds=args.seeds, sequences=args.sequences, conditions=args.conditions,
+                workers=args.workers)
     return 0
 
 
 def _cmd_data_sweep(args) -> int:
     from .experiments.lab import data_sweep
 
-    data_sweep(args.config, vary=args.vary, out=args.out, seeds=_seeds(args.seeds),
-               sequences=int(float(args.sequences)) if args.sequences else None, workers=args.workers)
+    data_sweep(args.config, vary=args.vary, out=args.out, seeds=args.seeds, sequences=args.sequences,
+               workers=args.workers)
     return 0
 
 
@@ -77,10 +151,9 @@ def _cmd_scores(args) -> int:
 def _cmd_atlas(args) -> int:
     from .experiments.atlas import run_atlas
 
-    fractions = [float(f) / 100 for f in args.fractions.split(",")]
     run_atlas(args.model, args.out, tasks_dir=args.tasks, revision=args.revision, dtype=args.dtype,
               device=args.device, device_map=args.device_map, k=args.shots, n_clean=args.n_clean,
-              n_corrupt=args.n_corrupt, n_eval=args.n_eval, fractions=fractions, how=args.how,
+              n_corrupt=args.n_corrupt, n_eval=args.n_eval, fractions=args.fractions, how=args.how,
               positions=args.positions, random_seeds=args.random_seeds)
     return 0
 
@@ -88,7 +161,7 @@ def _cmd_atlas(args) -> int:
 def _cmd_tasks(args) -> int:
     from .tasks import build_tasks
 
-    summary = build_tasks(args.out, names=args.names.split(",") if args.names else None)
+    summary = build_tasks(args.out, names=args.names)
     for name, n in summary.items():
         print(f"{name:28s} {n}")
     print(f"task files in {args.out}/ (sources and licenses in SOURCES.md)")
@@ -96,15 +169,22 @@ def _cmd_tasks(args) -> int:
 
 
 def _cmd_dynamics(args) -> int:
+    from .errors import IclscopeError
+
+    if args.story and args.run is None:
+        raise IclscopeError("--story needs --run (a training-lab run of the token testbed)")
+    if args.revisions and args.run is not None:
+        raise IclscopeError("--revisions goes with --model; a run's checkpoints are chosen with --checkpoints")
+    if args.checkpoints and args.model is not None:
+        raise IclscopeError("--checkpoints goes with --run; hub checkpoints are chosen with --revisions")
+    if args.model is not None and not args.revisions:
+        raise IclscopeError(f"--model {args.model}: give --revisions (e.g. step1,step1000,step143000)")
     from .experiments.dynamics import run_dynamics, testbed_story
 
     kw = dict(checkpoints=args.checkpoints, tasks_dir=args.tasks, k=args.shots, n_clean=args.n_clean,
               n_corrupt=args.n_corrupt, n_eval=args.n_eval, top=args.top, rel=args.rel, reuse=args.reuse or (),
               dtype=args.dtype, device=args.device)
     if args.story:
-        if args.run is None:
-            from .errors import IclscopeError
-            raise IclscopeError("--story needs --run (a training-lab run of the token testbed)")
         testbed_story(args.run, args.out, **kw)
         return 0
     run_dynamics(args.out, model=args.model, revisions=args.revisions, run=args.run,
@@ -115,9 +195,7 @@ def _cmd_dynamics(args) -> int:
 def _cmd_compare(args) -> int:
     from .experiments.compare import run_compare
 
-    fractions = [float(f) / 100 for f in args.fractions.split(",")]
-    run_compare(args.dirs, args.out, labels=args.labels.split(",") if args.labels else None, fractions=fractions,
-                depth_fraction=args.depth_fraction / 100)
+    run_compare(args.dirs, args.out, labels=args.labels, fractions=args.fractions, depth_fraction=args.depth_fraction)
     return 0
 
 
@@ -132,107 +210,160 @@ def _cmd_info(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------
+# The parser
+# ----------------------------------------------------------------------------------------------------
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already says its default; a flag's
+    default reads "off"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is argparse.SUPPRESS or action.required:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            shown = action.default
+            if isinstance(shown, (list, tuple)):
+                shown = ",".join(map(str, shown))
+            return f"{text} (default: {str(shown).replace('%', '%%')})"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are ONE line on stderr (no usage block), exit status 2."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*a, **kw)
+
+    def error(self, message: str):
+        message = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iclscope", description="Find, score, ablate and grow the attention heads "
-                                "behind in-context learning.")
+    p = Parser(prog="iclscope", description="Find, score, ablate and grow the attention heads behind in-context "
+               "learning. Fractions are given as fractions (0.05 is 5 % of the heads), never as percents.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     d = sub.add_parser("demo", help="the main job on built-in defaults (nothing downloaded)")
-    d.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
-    d.add_argument("--model", default="random:gpt2", help="model spec (default random:gpt2)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default="results/demo", help="results folder")
+    d.add_argument("--model", default="random:gpt2", help="model spec: random:<family>, a hub name or a local folder")
+    d.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (an integer >= 0)")
     d.add_argument("--no-train", action="store_true", help="skip the training-lab part")
     d.set_defaults(fn=_cmd_demo)
 
     t = sub.add_parser("train", help="train a small transformer (training lab), clamps throughout training")
-    t.add_argument("config", nargs="?", default=None, help="TOML config (default: the reference few-shot setup)")
+    t.add_argument("config", nargs="?", default=None, help="TOML config file, or fewshot / testbed for a shipped "
+                   "one (default: the reference few-shot setup)")
     t.add_argument("--out", required=True, help="run folder (resumed if it holds a state of the same config)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=3e-4")
+    t.add_argument("--set", action="append", type=set_item, metavar="KEY=VALUE", help="override a config key, "
+                   "value in TOML, e.g. train.lr=3e-4; repeatable (default: none)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=_cmd_train)
 
     a = sub.add_parser("additivity", help="one-head-active, add-back and single-ablation study of a trained run")
     a.add_argument("run", help="a training run folder (for an ensemble: RUN/seed_S)")
-    a.add_argument("--out", default=None, help="results folder (default RUN/additivity)")
-    a.add_argument("--n", type=int, default=2048, help="sequences per measurement")
-    a.add_argument("--how", default="zero", choices=["zero", "mean"], help="ablation of the inactive heads")
+    a.add_argument("--out", default=None, help="results folder (default: RUN/additivity)")
+    a.add_argument("--n", type=positive_int, default=2048, help="sequences per measurement")
+    a.add_argument("--how", default="zero", type=choice("zero", "mean"), help="ablation of the inactive heads: "
+                   "zero or mean")
     a.set_defaults(fn=_cmd_additivity)
 
     c = sub.add_parser("clamp-sweep", help="train every subcircuit-clamp condition over seeds; phase-change table")
     c.add_argument("config", nargs="?", default=None, help="base TOML config (default: the reference setup)")
-    c.add_argument("--out", default="results/clamp-sweep")
-    c.add_argument("--seeds", default="0,1,2")
-    c.add_argument("--sequences", default="6e5", help="sequences per run (default 6e5)")
-    c.add_argument("--conditions", default=None, help="comma-separated subset of: none, prev_token, layer1, "
-                   "layer1+match, copy, layer1+copy")
-    c.add_argument("--workers", type=int, default=2, help="trainings at a time (one CPU thread each)")
+    c.add_argument("--out", default="results/clamp-sweep", help="results folder (one subfolder per condition)")
+    c.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated distinct seeds (integers >= 0)")
+    c.add_argument("--sequences", type=positive_count, default="6e5", help="training sequences per run (a whole "
+                   "number, e.g. 600000 or 6e5)")
+    c.add_argument("--conditions", type=condition_list, default=None, help="comma-separated subset of: "
+                   f"{', '.join(CONDITIONS)} (default: all)")
+    c.add_argument("--workers", type=positive_int, default=2, help="trainings at a time (one CPU thread each)")
     c.set_defaults(fn=_cmd_clamp_sweep)
 
     ds = sub.add_parser("data-sweep", help="phase-change time against a data property")
     ds.add_argument("config", nargs="?", default=None, help="base TOML config (default: the reference setup)")
-    ds.add_argument("--vary", required=True, help="NAME=v1,v2,..., NAME in labels, classes, burstiness, context "
-                    "or a dotted key")
-    ds.add_argument("--out", default="results/data-sweep")
-    ds.add_argument("--seeds", default="0,1")
-    ds.add_argument("--sequences", default=None, help="sequences per run (default: the config's)")
-    ds.add_argument("--workers", type=int, default=2)
+    ds.add_argument("--vary", type=vary, required=True, help="NAME=v1,v2,..., NAME one of "
+                    f"{', '.join(VARY_NAMES)} or a dotted config key such as data.exemplar_noise")
+    ds.add_argument("--out", default="results/data-sweep", help="results folder (one subfolder per value)")
+    ds.add_argument("--seeds", type=seed_list, default="0,1", help="comma-separated distinct seeds (integers >= 0)")
+    ds.add_argument("--sequences", type=positive_count, default=None, help="training sequences per run, e.g. 6e5 "
+                    "(default: the config's train.sequences)")
+    ds.add_argument("--workers", type=positive_int, default=2, help="trainings at a time (one CPU thread each)")
     ds.set_defaults(fn=_cmd_data_sweep)
 
     sc = sub.add_parser("scores", help="induction, previous-token, duplicate-token and FV score of every head")
     _model_args(sc)
     _task_args(sc)
-    sc.add_argument("--out", required=True)
+    sc.add_argument("--out", required=True, help="results folder (heads.csv and heat maps)")
     sc.set_defaults(fn=_cmd_scores)
 
     at = sub.add_parser("atlas", help="scores, ablation study and function vectors of a model; HTML report")
     _model_args(at)
     _task_args(at)
-    at.add_argument("--out", required=True)
-    at.add_argument("--device-map", default=None, help="e.g. auto, for a model larger than one GPU")
-    at.add_argument("--n-eval", type=int, default=50, help="evaluation prompts per task")
-    at.add_argument("--fractions", default="0,1,3,5,7,9,15,20", help="percent of heads to ablate")
-    at.add_argument("--how", default="mean", choices=["mean", "zero"])
-    at.add_argument("--positions", default="final", choices=["final", "all"])
-    at.add_argument("--random-seeds", type=int, default=5)
+    at.add_argument("--out", required=True, help="results folder (tables, figures, report.html)")
+    at.add_argument("--device-map", type=choice(*DEVICE_MAPS), default=None, help="spread a model larger than "
+                    f"one GPU over devices: {', '.join(DEVICE_MAPS)} (default: none, one device)")
+    at.add_argument("--n-eval", type=positive_int, default=50, help="evaluation prompts per task")
+    at.add_argument("--fractions", type=fractions_with_zero, default="0,0.01,0.03,0.05,0.07,0.09,0.15,0.2",
+                    help="fractions of all heads to ablate, comma-separated, each in [0, 1] (0.05 is 5 %% of the "
+                    "heads, not a percent)")
+    at.add_argument("--how", default="mean", type=choice("mean", "zero"), help="ablation: mean or zero")
+    at.add_argument("--positions", default="final", type=choice("final", "all"), help="ablated positions: final "
+                    "or all")
+    at.add_argument("--random-seeds", type=nonnegative_int, default=5, help="random head sets per fraction, the "
+                    "baseline (an integer >= 0)")
     at.set_defaults(fn=_cmd_atlas)
 
     tk = sub.add_parser("tasks", help="ICL task files")
     tsub = tk.add_subparsers(dest="tasks_command", metavar="SUBCOMMAND")
     tb = tsub.add_parser("build", help="build Todd-format task files from open lexical data installed here")
-    tb.add_argument("--out", required=True)
-    tb.add_argument("--names", default=None, help="comma-separated subset of the tasks")
+    tb.add_argument("--out", required=True, help="folder for the task files (one JSON file per task)")
+    tb.add_argument("--names", type=name_list, default=None, help="comma-separated subset of the tasks "
+                    "(default: all)")
     tb.set_defaults(fn=_cmd_tasks)
 
     dy = sub.add_parser("dynamics", help="head scores and accuracy over training checkpoints; role transitions")
     src = dy.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="a hub model name (with --revisions)")
-    src.add_argument("--run", help="a training-lab run folder (RUN/checkpoints/step_N)")
-    dy.add_argument("--revisions", default=None, help="hub revisions, e.g. step1,step64,step1000 (with --model)")
-    dy.add_argument("--checkpoints", default=None, help="with --run: a subset by step or name, e.g. 0,250,4000 "
-                    "(default: every saved checkpoint)")
+    src.add_argument("--model", help="a hub model name, with --revisions (no default: give --model or --run)")
+    src.add_argument("--run", help="a training-lab run folder, RUN/checkpoints/step_N (no default: give --model or "
+                     "--run)")
+    dy.add_argument("--revisions", type=revision_list, default=None, help="comma-separated hub revisions, e.g. "
+                    "step1,step64,step1000 (with --model; default: none)")
+    dy.add_argument("--checkpoints", type=name_list, default=None, help="with --run: a subset by step or name, "
+                    "e.g. 0,250,4000 (default: every saved checkpoint)")
     dy.add_argument("--out", required=True, help="results folder (a rerun resumes at the next unfinished checkpoint)")
     dy.add_argument("--reuse", nargs="+", default=None, metavar="DIR", help="folders of earlier scores / atlas / "
-                    "dynamics results: a checkpoint scored there with the same settings is not recomputed")
-    dy.add_argument("--n-eval", type=int, default=50, help="evaluation prompts per task for the accuracy")
-    dy.add_argument("--top", type=int, default=None, help="size of the top sets (default 2 %% of heads, at least 3)")
-    dy.add_argument("--rel", type=float, default=0.25, help="a top head's score must be at least REL x the final "
-                    "checkpoint's best (default 0.25)")
-    dy.add_argument("--tokens-per-step", type=int, default=None, help="tokens per optimizer step, for the tokens "
-                    "column of hub revisions (Pythia: 2097152)")
+                    "dynamics results: a checkpoint scored there with the same settings is not recomputed "
+                    "(default: none)")
+    dy.add_argument("--n-eval", type=positive_int, default=50, help="evaluation prompts per task for the accuracy")
+    dy.add_argument("--top", type=positive_int, default=None, help="size of the top sets, in heads (default: 2 %% "
+                    "of the heads, at least 3)")
+    dy.add_argument("--rel", type=probability, default=0.25, help="a top head's score must be at least REL x the "
+                    "final checkpoint's best (a number in [0, 1])")
+    dy.add_argument("--tokens-per-step", type=positive_int, default=None, help="tokens per optimizer step, for the "
+                    "tokens column of hub revisions, e.g. 2097152 for Pythia (default: none, no tokens column)")
     dy.add_argument("--story", action="store_true", help="with --run on the token testbed: the whole story "
                     "(story.json, story.png, story.html)")
-    dy.add_argument("--dtype", default=None, help="float32, bfloat16, float16")
-    dy.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
+    dy.add_argument("--dtype", type=choice(*DTYPES), default=None, help=f"{', '.join(DTYPES)} (default: the "
+                    "model's own)")
+    dy.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:N or mps (default: cpu)")
     _task_args(dy)
     dy.set_defaults(fn=_cmd_dynamics)
 
     cp = sub.add_parser("compare", help="atlas results of several models side by side; one HTML report")
     cp.add_argument("dirs", nargs="+", help="atlas results folders (the same task set)")
-    cp.add_argument("--out", default="results/compare")
-    cp.add_argument("--labels", default=None, help="comma-separated names for the models (default: from config.json)")
-    cp.add_argument("--fractions", default="2,5,10,20", help="top-k as percent of all heads, for the overlap")
-    cp.add_argument("--depth-fraction", type=float, default=10, help="percent of heads (at least 3) whose depth is "
-                    "shown per kind")
+    cp.add_argument("--out", default="results/compare", help="results folder (tables, figures, report.html)")
+    cp.add_argument("--labels", type=name_list, default=None, help="comma-separated names for the models, one per "
+                    "folder (default: from each folder's config.json)")
+    cp.add_argument("--fractions", type=fractions_above_zero, default="0.02,0.05,0.1,0.2", help="top-k sets as "
+                    "fractions of all heads, comma-separated, each in (0, 1], for the overlap (0.05 is 5 %%)")
+    cp.add_argument("--depth-fraction", type=one_fraction, default=0.1, help="fraction of all heads (at least 3 "
+                    "heads) whose depth is shown per kind, in (0, 1]")
     cp.set_defaults(fn=_cmd_compare)
 
     i = sub.add_parser("info", help="load a model and print its shape and hook points")
@@ -243,35 +374,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="random:<family>, a hub name, or a local directory")
-    p.add_argument("--revision", default=None, help="hub revision, e.g. step1000 for a Pythia checkpoint")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--revision", type=revision, default=None, help="hub revision, e.g. step1000 for a Pythia "
+                   "checkpoint (default: the hub's main)")
+    p.add_argument("--dtype", type=choice(*DTYPES), default=None, help=f"{', '.join(DTYPES)} (default: the "
+                   "model's own)")
+    p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:N or mps (default: cpu)")
 
 
 def _task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None, help="folder of Todd-format task files (default: built-in synthetic "
                    "token tasks)")
-    p.add_argument("--shots", type=int, default=None, help="demonstrations per prompt (default 10, or the k an "
-                   "iclscope token model was trained with)")
-    p.add_argument("--n-clean", type=int, default=100, help="clean prompts per task for the FV task means")
-    p.add_argument("--n-corrupt", type=int, default=25, help="label-corrupted prompts per task for FV scores")
+    p.add_argument("--shots", type=positive_int, default=None, help="demonstrations per prompt (default: 10, or "
+                   "the k an iclscope token model was trained with)")
+    p.add_argument("--n-clean", type=positive_int, default=100, help="clean prompts per task for the FV task means")
+    p.add_argument("--n-corrupt", type=positive_int, default=25, help="label-corrupted prompts per task for FV "
+                   "scores")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import IclscopeError
-
+    """Run one command; returns the exit status (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "fn", None):
+        if getattr(args, "command", None) == "tasks":  # "iclscope tasks" without a subcommand
+            parser.parse_args(["tasks", "--help"])  # prints the tasks help and exits 0
         parser.print_help()
         return 0
+    from .errors import IclscopeError
+
+    name = args.command if args.command != "tasks" else "tasks build"
     try:
+        if getattr(args, "device", None) is not None:
+            check_device(args.device)  # before any work: --device cuda on a machine without CUDA
         return int(args.fn(args) or 0)
     except IclscopeError as e:
-        print(f"iclscope {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        code = getattr(type(e), "exit_code", 2)
+        print(f"iclscope {name}: error: {_one_line(e)}", file=sys.stderr)
+        return int(code)
     except KeyboardInterrupt:
-        print(f"iclscope {args.command}: interrupted; finished results are kept", file=sys.stderr)
+        print(f"iclscope {name}: interrupted; finished results are kept", file=sys.stderr)
         return 130
 
 
