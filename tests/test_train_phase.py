@@ -72,13 +72,13 @@ def test_one_drop_is_one_transition():
     assert len(tr) == 1 and 9_900 <= tr[0]["sequences"] <= 10_000 and tr[0]["loss_after"] == pytest.approx(0.05, rel=0.05)
 
 
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("seed", range(3))
 def test_flat_or_steadily_decaying_noisy_curve_has_no_transition(seed):
     rng = np.random.default_rng(seed)
-    x = np.arange(300) * 50
-    flat = 0.69 * np.exp(rng.normal(0, 0.05, 300))
+    x = np.arange(200) * 50
+    flat = 0.69 * np.exp(rng.normal(0, 0.05, 200))
     assert detect_transitions(x, flat) == [] and detect_phase_change(x, flat) is None
-    decay = (1 + x / 1000) ** -0.3 * np.exp(rng.normal(0, 0.03, 300))  # a power law: no abrupt fall
+    decay = (1 + x / 1000) ** -0.3 * np.exp(rng.normal(0, 0.03, 200))  # a power law: no abrupt fall
     assert detect_transitions(x, decay) == []
     s = phase_summary(x, flat, threshold=0.4 * math.log(2))
     assert s == {"transitions": [], "phase_change": None}
