@@ -2,6 +2,7 @@
 random head sets over the same windows (and the reverse)."""
 
 import pandas as pd
+import pytest
 
 from iclscope.experiments import dynamics as dyn
 
@@ -45,3 +46,48 @@ def test_role_transitions_with_no_fv_heads():
     trans, s = dyn.role_transitions(_long([[0.5] + z[1:]] * 2, [z, z]), top=2, n_random=10)
     assert s["fv_heads_through_induction"]["fraction"] is None
     assert set(trans.role) == {"induction"}
+
+
+def test_random_scores_claim_no_transition():
+    """Scores drawn at random at every checkpoint: neither role transition nor a head formation may be
+    called a finding; every headline says it is not distinguishable from the random baseline."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    C, H = 8, 8
+    trans, s = dyn.role_transitions(_long(rng.random((C, H)), rng.random((C, H)) * 0.1), top=2, n_random=500)
+    text = dyn.transition_text(s)
+    for key in ("fv_heads_through_induction", "induction_heads_through_fv"):
+        assert s[key]["p_random_ge_observed"] >= 0.05
+        assert s[key]["verdict"] == "not distinguishable from the random baseline"
+    assert text.count("not distinguishable from the random baseline") == 2 and "beats" not in text
+    for kind in ("induction", "fv"):
+        b = dyn.transitions.formation_baseline(rng.random(C))
+        assert b["verdict"] == "not distinguishable from the random baseline" and b["p_random_ge_observed"] >= 0.05
+    story = {"final_max_induction": 0.5, "final_max_fv": 0.1, "induction_heads_form_step": 40, "fv_heads_form_step": 60,
+             "formation_baseline": {"induction": dyn.transitions.formation_baseline(rng.random(C)),
+                                    "fv": dyn.transitions.formation_baseline(rng.random(C))},
+             "fv_heads": [], "role_transitions": s}
+    st = dyn.story_text(story)
+    assert st.count("not distinguishable from the random baseline") == 4 and "beats" not in st
+
+
+def test_formation_baseline_against_a_plain_permutation_count():
+    """A clear rise beats the baseline; p equals a plainly written exhaustive count over all orders."""
+    import itertools
+
+    import numpy as np
+
+    from iclscope.experiments.dynamics.transitions import formation_baseline
+
+    v = [0.0, 0.1, 0.05, 0.08, 0.9, 1.0, 0.95]
+
+    def rise(seq):
+        return max(np.mean(seq[c:]) - np.mean(seq[:c]) for c in range(1, len(seq)))
+
+    obs = rise(v)
+    exact = np.mean([rise(list(p)) >= obs - 1e-12 for p in itertools.permutations(v)])
+    b = formation_baseline(v, n_random=4000)
+    assert b["rise"] == pytest.approx(obs) and b["p_random_ge_observed"] == pytest.approx(exact, abs=0.015)
+    assert b["verdict"] == "beats the random baseline"
+    assert formation_baseline([1.0, 2.0])["rise"] is None

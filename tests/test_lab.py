@@ -8,12 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import iclscope
 from iclscope import IclscopeError
-from iclscope.experiments.lab import CONDITIONS, additivity, clamp_sweep, data_sweep
+from iclscope.experiments.lab import (CONDITIONS, _phase_rows, additivity, clamp_sweep, data_sweep, t_interval,
+                                      versus_reference)
 from iclscope.train import load_config, train
 
 TINY = ["train.sequences=960", "train.batch_size=16", "eval.every=20", "eval.batch=64", "eval.checkpoint_every=60",
@@ -50,16 +52,44 @@ def test_clamp_sweep_all_conditions(tmp_path):
     graft = json.loads((tmp_path / "sweep" / "layer1" / "config.json").read_text())["clamp"][0]
     assert graft["source"].endswith("none/final")
     assert (tmp_path / "sweep" / "loss_curves.png").exists()
+    assert {"phase_change_ci95_low", "phase_change_ci95_high", "per_seed", "vs_none", "what"} <= set(table.columns)
+    assert table.vs_none.iloc[0] == "reference"
     # rerunning reuses every finished run
     msgs = []
     clamp_sweep(cfg, out=tmp_path / "sweep", seeds=[0, 1], sequences=640, workers=2, log=msgs.append)
     assert sum("reusing" in m for m in msgs) == len(CONDITIONS)
 
 
+def _curve(drop_at: float, seed: int) -> pd.DataFrame:
+    """A synthetic few-shot loss curve: ln 2 plateau, then a fall to 0.05 at ``drop_at`` sequences."""
+    rng = np.random.default_rng(seed)
+    seqs = np.arange(100) * 1000
+    loss = np.where(seqs < drop_at, 0.69, 0.05) * np.exp(rng.normal(0, 0.02, 100))
+    return pd.DataFrame({"step": seqs // 10, "sequences": seqs, "train_loss": loss})
+
+
+def test_phase_table_intervals_and_within_noise():
+    thr = 0.4 * np.log(2)
+    none = _phase_rows("none", [_curve(d, s) for s, d in enumerate([40_000, 42_000, 44_000])], [0, 1, 2], thr)
+    late = _phase_rows("late", [_curve(d, s) for s, d in enumerate([70_000, 71_000, 72_000])], [0, 1, 2], thr)
+    close = _phase_rows("close", [_curve(d, s) for s, d in enumerate([38_000, 43_000, 47_000])], [0, 1, 2], thr)
+    # independent: 95 % t interval with t(0.975, 2) = 4.303 from the table
+    v = np.array([40_000, 42_000, 44_000.0])
+    half = 4.303 * v.std(ddof=1) / np.sqrt(3)
+    assert none["phase_change_mean"] == pytest.approx(42_000)
+    assert none["phase_change_ci95_low"] == pytest.approx(42_000 - half, rel=1e-3)
+    assert none["phase_change_ci95_high"] == pytest.approx(42_000 + half, rel=1e-3)
+    assert none["per_seed"] == "4e+04 4.2e+04 4.4e+04" and none["transitions_per_seed"] == "1 1 1"
+    table = pd.DataFrame([none, late, close])
+    assert versus_reference(table, "none") == ["reference", "later than none", "within noise"]
+    assert all(np.isnan(t_interval([1.0])))  # no interval from one value
+
+
 def test_data_sweep(tmp_path):
     table = data_sweep(load_config(None, TINY), vary="labels=5,7", out=tmp_path / "ds", seeds=[0], sequences=320,
                        log=lambda *a: None)
     assert table.labels.tolist() == [5, 7]
+    assert table.vs_first.iloc[0] == "reference" and table.vs_first.iloc[1].startswith("n/a")  # one seed: no interval
     cfg7 = json.loads((tmp_path / "ds" / "labels=7" / "config.json").read_text())
     assert cfg7["data"]["n_labels"] == 7
     with pytest.raises(IclscopeError, match="unknown property"):

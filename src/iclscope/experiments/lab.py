@@ -33,6 +33,7 @@ from ..report import ResultsDir, results, write_report
 from ..store import safe_name
 from ..report.figures import line_panels, loss_curves
 from ..train import Trainer, detect_phase_change, load_config, validate_config
+from ..train.phase import detect_transitions
 
 # The subcircuit clamps of the study (reference section B). A = layer-0 previous-token attention and
 # copy; B = the induction head's QK match; C = the induction head's copy (values). "graft" entries take
@@ -245,17 +246,59 @@ def _curves(out: Path, seeds: list[int]) -> list[pd.DataFrame]:
 
 
 def _phase_rows(name: str, dfs: list[pd.DataFrame], seeds, threshold: float) -> dict:
-    times = []
+    """One table row: the phase change (first evaluation from which train loss stays below ``threshold``,
+    the few-shot protocol) of each seed's curve, their mean, standard deviation and a 95 % t interval
+    over the seeds that reached it (mean +- t(0.975, n-1) x sd / sqrt n; NaN with fewer than 2), and
+    the number of loss transitions (``detect_transitions``) per seed."""
+    times, n_trans = [], []
     for df in dfs:
         pc = detect_phase_change(df.sequences, df.train_loss, df.step, threshold)
         times.append(pc["sequences"] if pc else float("nan"))
+        n_trans.append(len(detect_transitions(df.sequences, df.train_loss, df.step)))
     t = np.array(times, dtype=float)
     ok = t[np.isfinite(t)]
+    lo, hi = t_interval(ok)
     return {"condition": name, "seeds": len(seeds), "reached": int(len(ok)),
             "phase_change_mean": float(ok.mean()) if len(ok) else float("nan"),
             "phase_change_std": float(ok.std(ddof=1)) if len(ok) > 1 else float("nan"),
+            "phase_change_ci95_low": lo, "phase_change_ci95_high": hi,
             "per_seed": " ".join("-" if not np.isfinite(v) else f"{v:.3g}" for v in t),
+            "transitions_per_seed": " ".join(str(n) for n in n_trans),
             "final_train_loss": float(np.mean([df.train_loss.iloc[-1] for df in dfs]))}
+
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """The t interval of the mean of ``values`` (n,): mean +- t((1+level)/2, n-1) x sd / sqrt n; (NaN, NaN)
+    with fewer than 2 values."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return float("nan"), float("nan")
+    half = float(stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+def versus_reference(table: pd.DataFrame, ref: str) -> list[str]:
+    """For each row of a phase table: whether its phase change differs from row ``ref`` (a condition name)
+    beyond the two 95 % t intervals ("earlier than REF" / "later than REF" when the intervals do not
+    overlap, "within noise" when they do, "n/a: ..." when an interval is missing)."""
+    r = table[table.condition == ref].iloc[0]
+    out = []
+    for _, row in table.iterrows():
+        if row.condition == ref:
+            out.append("reference")
+        elif row.reached < row.seeds or r.reached < r.seeds:
+            out.append("n/a: not every seed reached the threshold")
+        elif not (np.isfinite(row.phase_change_ci95_low) and np.isfinite(r.phase_change_ci95_low)):
+            out.append("n/a: fewer than 2 seeds, no interval")
+        elif row.phase_change_ci95_high < r.phase_change_ci95_low:
+            out.append(f"earlier than {ref}")
+        elif row.phase_change_ci95_low > r.phase_change_ci95_high:
+            out.append(f"later than {ref}")
+        else:
+            out.append("within noise")
+    return out
 
 
 def _base_config(config) -> dict:
@@ -307,6 +350,8 @@ def _clamp_sweep(res, out, base, conditions, seeds, sequences, workers, log) -> 
     thr = float(base["eval"]["phase_threshold"])
     curves = {c: _curves(out / c, base["train"]["seeds"]) for c in conditions}
     table = pd.DataFrame([_phase_rows(c, curves[c], seeds, thr) for c in conditions])
+    if "none" in conditions:
+        table["vs_none"] = versus_reference(table, "none")
     table["what"] = [CONDITION_TEXT[c] for c in conditions]
     res.write_table("phase_change.csv", table)
     fig = loss_curves(res.file("loss_curves.png"), {c: curves[c] for c in conditions}, threshold=thr,
@@ -314,7 +359,9 @@ def _clamp_sweep(res, out, base, conditions, seeds, sequences, workers, log) -> 
     write_report(res.file("report.html"), "Clamp sweep", [
         {"heading": "Conditions", "text": "\n\n".join(f"{c}: {CONDITION_TEXT[c]}" for c in conditions)},
         {"heading": "Loss curves", "figure": fig},
-        {"heading": f"Sequences until train loss < {thr:.3f}", "table": table},
+        {"heading": f"Sequences until train loss < {thr:.3f}", "table": table,
+         "text": "Per seed, mean, sd and a 95 % t interval over the seeds that reached it; vs_none: earlier or "
+                 "later than no clamp only when the two intervals do not overlap, otherwise within noise."},
     ])
     log(table.drop(columns=["what"]).to_string(index=False))
     log(f"clamp sweep done in {time.time() - t0:.0f} s; results in {out}/")
@@ -360,6 +407,7 @@ def _data_sweep(res, out, base, name, key, vals, jobs, seeds, workers, log) -> p
     thr = float(base["eval"]["phase_threshold"])
     curves = {f"{name}={v}": _curves(o, base["train"]["seeds"]) for v, (_, o) in zip(vals, jobs)}
     table = pd.DataFrame([_phase_rows(k, c, seeds, thr) for k, c in curves.items()])
+    table["vs_first"] = versus_reference(table, table.condition.iloc[0])
     table.insert(1, name, vals)
     res.write_table("phase_change.csv", table)
     fig = loss_curves(res.file("loss_curves.png"), curves, threshold=thr, title=f"train loss by {name}")

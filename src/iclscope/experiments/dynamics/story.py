@@ -17,7 +17,7 @@ from ...report import write_report
 from ...report.figures import save_figure, short_name
 from .command import json_default, run_dynamics
 from .figures import METRIC_LABELS
-from .transitions import transition_text
+from .transitions import formation_baseline, transition_text, verdict
 
 
 def _first_step(steps, values, level: float):
@@ -60,6 +60,8 @@ def testbed_story(run_dir: str | Path, out: str | Path, checkpoints=None, top: i
         story["final_max_induction"], story["final_max_fv"] = float(ind_final), float(fv_final)
         story["induction_heads_form_step"] = _first_step(ck.step, ck.max_induction, 0.5 * ind_final)
         story["fv_heads_form_step"] = _first_step(ck.step, ck.max_fv, 0.5 * fv_final)
+        story["formation_baseline"] = {"induction": formation_baseline(ck.max_induction),
+                                       "fv": formation_baseline(ck.max_fv)}
         if metrics is not None:
             ind_cols = [c for c in metrics if c.startswith("induction_L")]
             if ind_cols:  # the run's own induction score at every evaluation (finer than the checkpoints)
@@ -154,12 +156,29 @@ def story_text(s: dict) -> str:
             parts.append(f"Conflict prompts (the matching demonstration's label replaced by a wrong word): at the end "
                          f"the task's answer is predicted in {acc['conflict_acc']['final']:.2f} of them"
                          + (f", the copied wrong word in {copy:.2f}" if copy is not None else "") + ".")
+    fb = s.get("formation_baseline", {})
+
+    def against(kind):
+        b = fb.get(kind)
+        if not b:
+            return ""
+        if b.get("rise") is None:
+            return f" [{b['verdict']}]"
+        return (f" [rise over checkpoints {b['rise']:.3g}; the same scores in {b['n_random']} random checkpoint orders: "
+                f"95 % {b['random_95'][0]:.3g}-{b['random_95'][1]:.3g}, P(random >= observed) = "
+                f"{b['p_random_ge_observed']:.3f}: {b['verdict']}]")
+
     parts.append(f"Induction heads form (best induction score at half its final {s['final_max_induction']:.2f}, for good) "
-                 f"at {st(s['induction_heads_form_step'])}"
+                 f"at {st(s['induction_heads_form_step'])}" + against("induction")
                  + (f" (the run's own per-evaluation induction score: {st(s['induction_heads_form_step_metrics'])})"
                     if "induction_heads_form_step_metrics" in s else "")
                  + f"; FV heads form (best FV score at half its final {s['final_max_fv']:.3f}, for good) at "
-                   f"{st(s['fv_heads_form_step'])}.")
+                   f"{st(s['fv_heads_form_step'])}" + against("fv") + ".")
+    fv_b = fb.get("fv")
+    if fv_b and fv_b.get("p_random_ge_observed") is not None and verdict(fv_b["p_random_ge_observed"]) != "beats the random baseline" \
+            and s.get("fv_heads"):
+        parts.append("The FV score does not rise beyond its random-order baseline, so the FV onsets below are "
+                     "descriptive only (not distinguishable from the random baseline).")
     def missing(v):
         return v is None or (isinstance(v, float) and math.isnan(v))
 

@@ -8,13 +8,57 @@ For each head among the final top FV heads: its FV onset is the first checkpoint
 head; it *passed through an induction phase* if it was a top induction head at some checkpoint before its
 FV onset. The fraction of final FV heads that did is compared with random head sets of the same size,
 each random head given the onset of one FV head (so the windows are the same): mean, 95 % interval and
-P(random >= observed). The reverse question is answered the same way.
+P(random >= observed). The reverse question is answered the same way. A fraction is a finding only when
+P(random >= observed) < ``ALPHA`` (0.05); otherwise its text says "not distinguishable from the random
+baseline".
+
+``formation_baseline`` does the same for "heads form at step X": the rise of a score series over
+checkpoints (the largest mean after a split minus mean before) against the same series in random
+checkpoint orders.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+
+ALPHA = 0.05
+
+
+def verdict(p: float | None, alpha: float = ALPHA) -> str:
+    """"beats the random baseline" when p < alpha, else "not distinguishable from the random baseline"."""
+    return "beats the random baseline" if p is not None and p < alpha else "not distinguishable from the random baseline"
+
+
+def _rise(v: np.ndarray) -> np.ndarray:
+    """v (R, C): per row, the largest mean(v[c:]) - mean(v[:c]) over split points c = 1..C-1."""
+    C = v.shape[1]
+    cs = np.cumsum(v, axis=1)
+    total = cs[:, -1:]
+    c = np.arange(1, C)
+    before = cs[:, :-1] / c
+    after = (total - cs[:, :-1]) / (C - c)
+    return (after - before).max(axis=1)
+
+
+def formation_baseline(values, n_random: int = 1000, seed: int = 0) -> dict:
+    """Is there a rise in a score over checkpoints at all? values (C,): one score per checkpoint in
+    training order (e.g. the best induction score). Statistic: the largest mean after a split minus mean
+    before; baseline: the same statistic in ``n_random`` random orders of the checkpoints. Returns
+    {rise, random_mean, random_95 (quantiles 2.5 / 97.5 %), p_random_ge_observed, n_random, verdict}."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 3:
+        return {"rise": None, "p_random_ge_observed": None, "n_random": 0, "random_mean": None, "random_95": None,
+                "verdict": "not distinguishable from the random baseline (fewer than 3 checkpoints)"}
+    rng = np.random.default_rng(seed)
+    obs = float(_rise(v[None])[0])
+    draws = _rise(np.vstack([rng.permutation(v) for _ in range(n_random)]))
+    p = float((draws >= obs - 1e-12).mean())
+    return {"rise": obs, "random_mean": float(draws.mean()),
+            "random_95": [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))],
+            "p_random_ge_observed": p, "n_random": n_random, "verdict": verdict(p)}
 
 
 def default_top(n_heads_total: int) -> int:
@@ -90,6 +134,7 @@ def role_transitions(long: pd.DataFrame, top: int | None = None, rel: float = 0.
                         "random_mean": float(draws.mean()),
                         "random_95": [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))],
                         "p_random_ge_observed": float((draws >= observed - 1e-12).mean()), "n_random": n_random}
+        summary[key]["verdict"] = verdict(summary[key]["p_random_ge_observed"])
     return pd.DataFrame(rows), summary
 
 
@@ -114,5 +159,6 @@ def transition_text(s: dict) -> str:
         lines.append(f"{r['fraction']:.2f} of the {r['n']} final top {role} heads ({', '.join(r['heads'])}) were top "
                      f"{other} heads before their {role} onset; random head sets of the same size over the same "
                      f"windows: {r['random_mean']:.2f} (95 % {r['random_95'][0]:.2f}-{r['random_95'][1]:.2f}), "
-                     f"P(random >= observed) = {r['p_random_ge_observed']:.3f}.")
+                     f"P(random >= observed) = {r['p_random_ge_observed']:.3f}: "
+                     + verdict(r["p_random_ge_observed"]) + ".")
     return "\n\n".join(lines)

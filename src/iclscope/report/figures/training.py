@@ -36,9 +36,15 @@ def loss_curves(path: str | Path, runs: dict, threshold: float | None = None, ti
     return save_figure(fig, path)
 
 
-def training_story(path: str | Path, df: pd.DataFrame, phase: dict | None, title: str = "") -> Path:
-    """Two panels of a training run's metrics.csv: losses (with the phase change marked) and the heads
-    (last-layer induction strength, best layer-0 previous-token score) against sequences seen."""
+def training_story(path: str | Path, df: pd.DataFrame, phase: dict | None, title: str = "",
+                   transitions: list[dict] | None = None) -> Path:
+    """Two panels of a training run's metrics.csv: losses (every transition shaded and its steepest point
+    dashed, the phase change a solid line) and the heads (last-layer induction strength, best layer-0
+    previous-token score) against sequences seen. ``transitions``: ``detect_transitions`` of the run
+    (computed from df.train_loss when None)."""
+    if transitions is None and "train_loss" in df:
+        from ...train.phase import detect_transitions  # here: train imports report
+        transitions = detect_transitions(df.sequences, df.train_loss, df.step if "step" in df else None)
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4))
     x = df.sequences.to_numpy()
     a.plot(x, df.train_loss, label="train loss", lw=1.8)
@@ -47,6 +53,11 @@ def training_story(path: str | Path, df: pd.DataFrame, phase: dict | None, title
         if col in df:
             a.plot(x, df[col], label=lab, lw=1, alpha=0.8)
     a.axhline(np.log(2), color="k", ls=":", lw=1, label="ln 2")
+    for i, t in enumerate(transitions or []):
+        a.axvspan(max(t["start_sequences"], 1), t["end_sequences"], color="darkorange", alpha=0.12,
+                  label="transitions (PELT)" if i == 0 else None)
+        a.axvline(t["sequences"], color="darkorange", ls="--", lw=1,
+                  label=f"transition {i + 1}{' (steepest)' if t['steepest'] else ''}: {t['sequences']:,}")
     if phase:
         a.axvline(phase["sequences"], color="crimson", lw=1.2, label=f"phase change ({phase['sequences']:,})")
         a.axvspan(max(phase["drop_start_sequences"], 1), phase["drop_end_sequences"], color="crimson", alpha=0.08)
@@ -62,6 +73,8 @@ def training_story(path: str | Path, df: pd.DataFrame, phase: dict | None, title
     if prev0:
         b.plot(x, df[prev0].max(axis=1), color="k", ls="--", lw=1.5,
                label="best layer-0 head: label -> preceding exemplar")
+    for t in transitions or []:
+        b.axvline(t["sequences"], color="darkorange", ls="--", lw=1)
     if phase:
         b.axvline(phase["sequences"], color="crimson", lw=1.2)
     b.set_xlabel("sequences seen")
