@@ -192,6 +192,12 @@ def _cmd_dynamics(args) -> int:
     return 0
 
 
+def _cmd_study(args) -> int:
+    from .experiments.study import cmd_study
+
+    return cmd_study(args)
+
+
 def _cmd_compare(args) -> int:
     from .experiments.compare import run_compare
 
@@ -365,6 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--depth-fraction", type=one_fraction, default=0.1, help="fraction of all heads (at least 3 "
                     "heads) whose depth is shown per kind, in (0, 1]")
     cp.set_defaults(fn=_cmd_compare)
+
+    st = sub.add_parser("study", help="a whole study (every model, every revision, atlas + dynamics + compare) "
+                        "as jobs on Ray; resumable job by job (docs/study.md)")
+    st.add_argument("study", metavar="STUDY.toml", help="the study file (see docs/study.md)")
+    st.add_argument("--out", required=True, help="the study folder: one folder per job, study.json and report.html "
+                    "(on a cluster: on storage every node shares)")
+    st.add_argument("--address", default=None, help="join a Ray cluster: auto (the one `ray start` made here), "
+                    "host:port or ray://host:10001 (default: an embedded Ray on this machine)")
+    st.add_argument("--num-cpus", type=positive_int, default=None, help="CPUs of the embedded Ray (default: all)")
+    st.add_argument("--num-gpus", type=nonnegative_int, default=None, help="GPUs of the embedded Ray (default: all)")
+    st.set_defaults(fn=_cmd_study)
 
     i = sub.add_parser("info", help="load a model and print its shape and hook points")
     _model_args(i)

@@ -31,6 +31,8 @@ class TrainingDiverged(IclscopeError):
     is one line naming the step; the run folder keeps the last good state and its checkpoints, and nothing
     non-finite was written. A run-time fault, not bad input: the CLI exits 1 on it."""
 
+    exit_code = 1
+
 
 class Trainer:
     """Train one config (an ensemble over its seeds) into a run folder; resumes where it stopped.
