@@ -28,7 +28,7 @@ from .batch import rows as batch_rows
 from .errors import IclscopeError
 from .readout import answer_prob, answer_rank
 
-__all__ = ["icl_accuracy", "icl_generate_f1", "token_f1", "normalize_answer", "token_loss_difference",
+__all__ = ["icl_accuracy", "icl_generate_f1", "score_generated", "token_f1", "normalize_answer", "token_loss_difference", "text_chunks",
            "load_text_documents"]
 
 
@@ -129,6 +129,15 @@ def icl_generate_f1(model, batch, max_new_tokens: int = 5, interventions: Sequen
         raise IclscopeError("icl_generate_f1: a word-task batch needs the model's tokenizer to decode answers, "
                             "and this model has none; use token tasks")
     gen = _greedy(model, batch, max_new_tokens, interventions, batch_size)
+    return score_generated(model, batch, gen, stop=stop, stop_ids=stop_ids)
+
+
+def score_generated(model, batch, gen: torch.Tensor, stop: str = "\n",
+                    stop_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """Token F1 and exact match of decoded ids ``gen`` (N, n_new) against a PromptBatch's answers, as
+    ``icl_generate_f1`` scores them (the same cut, normalisation and dict); for decoders other than its own
+    (e.g. many ablation settings decoded as batch rows)."""
+    text = getattr(batch, "texts", None) is not None
     preds: list = []
     f1s, exact = torch.empty(len(batch)), torch.zeros(len(batch), dtype=torch.bool)
     for i, row in enumerate(gen.tolist()):
@@ -206,6 +215,36 @@ def _documents(model, source, add_bos) -> tuple[list[list[int]], bool]:
     return docs, True
 
 
+def text_chunks(model, texts_or_path: Any, ctx: int, n_docs: int | None = None, add_bos: bool | None = None,
+                late: int | None = None) -> list[list[int]]:
+    """The chunks ``token_loss_difference`` reads: every document cut into consecutive pieces of ``ctx``
+    tokens (BOS first when ``add_bos``, counting in ``ctx``; a shorter remainder dropped), at most
+    ``n_docs`` of them. Sources as for ``token_loss_difference``. Returns a list of id lists."""
+    docs, from_text = _documents(model, texts_or_path, add_bos)
+    if add_bos is None:
+        from .tasks.core import tokenizer_adds_bos
+
+        add_bos = from_text and tokenizer_adds_bos(model.tokenizer)
+    bos = model.bos_token_id if add_bos else None
+    if add_bos and bos is None:
+        raise IclscopeError("add_bos=True but the model has no BOS token")
+    step = ctx - (1 if bos is not None else 0)
+    chunks: list[list[int]] = []
+    for d in docs:
+        for s in range(0, len(d) - step + 1, step):
+            chunks.append(([bos] if bos is not None else []) + d[s:s + step])
+            if n_docs is not None and len(chunks) >= n_docs:
+                break
+        if n_docs is not None and len(chunks) >= n_docs:
+            break
+    if not chunks:
+        longest = max((len(d) for d in docs), default=0)
+        late = ctx - 1 if late is None else late
+        raise IclscopeError(f"the text is too short: no document has {step} tokens for one chunk of ctx={ctx} "
+                            f"(the longest has {longest}); give more text or a smaller ctx (> late={late})")
+    return chunks
+
+
 def token_loss_difference(model, texts_or_path: Any, n_docs: int | None = None, ctx: int = 1024,
                           early: int = 50, late: int = 500, interventions: Sequence = (), batch_size: int = 8,
                           add_bos: bool | None = None) -> dict[str, Any]:
@@ -228,27 +267,7 @@ def token_loss_difference(model, texts_or_path: Any, n_docs: int | None = None, 
         raise IclscopeError(f"need 1 <= early < late, got early={early}, late={late}")
     if ctx <= late:
         raise IclscopeError(f"ctx={ctx} must exceed late={late} (the loss at token {late} needs {late + 1} tokens)")
-    docs, from_text = _documents(model, texts_or_path, add_bos)
-    if add_bos is None:
-        from .tasks.core import tokenizer_adds_bos
-
-        add_bos = from_text and tokenizer_adds_bos(model.tokenizer)
-    bos = model.bos_token_id if add_bos else None
-    if add_bos and bos is None:
-        raise IclscopeError("add_bos=True but the model has no BOS token")
-    step = ctx - (1 if bos is not None else 0)
-    chunks: list[list[int]] = []
-    for d in docs:
-        for s in range(0, len(d) - step + 1, step):
-            chunks.append(([bos] if bos is not None else []) + d[s:s + step])
-            if n_docs is not None and len(chunks) >= n_docs:
-                break
-        if n_docs is not None and len(chunks) >= n_docs:
-            break
-    if not chunks:
-        longest = max((len(d) for d in docs), default=0)
-        raise IclscopeError(f"the text is too short: no document has {step} tokens for one chunk of ctx={ctx} "
-                            f"(the longest has {longest}); give more text or a smaller ctx (> late={late})")
+    chunks = text_chunks(model, texts_or_path, ctx=ctx, n_docs=n_docs, add_bos=add_bos, late=late)
     ids = torch.tensor([c[:late + 1] for c in chunks], dtype=torch.long)
     le, ll = [], []
     with torch.no_grad():

@@ -30,7 +30,7 @@ from ...errors import IclscopeError
 from ...heads import ranked_heads
 from ...report import ResultsDir, write_report
 from ...report.figures import head_heatmap, save_figure, short_name
-from .ablation import ablation_figure, ablation_study
+from .ablation import DEFAULT_MEASURES, ablation_figure, ablation_study, ablation_summary, check_measures
 from .scoring import score_grid, attention_key, fv_key, score_heads
 from .tasks import FRACTIONS, build_eval_prompts, copy_prompts, default_shots, default_tasks, split_tasks
 from .vectors import function_vectors, fv_summary
@@ -137,7 +137,7 @@ def ranking_key(seed: int, score_tasks, k: int, n_clean: int, n_corrupt: int) ->
 def run_atlas(model_spec: str, out: str | Path, tasks_dir=None, revision=None, dtype=None, device=None,
               device_map=None, k: int | None = None, n_clean: int = 100, n_corrupt: int = 25, n_eval: int = 50,
               fractions=FRACTIONS, how: str = "mean", positions: str = "final", random_seeds: int = 5,
-              seed: int = 0, log=print, model=None) -> dict:
+              seed: int = 0, log=print, model=None, measures=DEFAULT_MEASURES, text_dir=None) -> dict:
     """``iclscope atlas``: scores, the ablation study, function vectors, figures and one HTML report.
 
     Folder config (a change is refused, naming the keys): command, model, revision, dtype, tasks,
@@ -149,6 +149,7 @@ def run_atlas(model_spec: str, out: str | Path, tasks_dir=None, revision=None, d
     t0 = time.time()
     check_score_settings(k, n_clean, n_corrupt, seed)
     fractions = check_ablation_settings(fractions, how, positions, random_seeds, n_eval)
+    measures = check_measures(measures, text_dir)  # ablation measures (docs/ablation.md)
     model = model or _load(model_spec, revision, dtype, device, device_map)
     k = default_shots(model, k)
     tasks = default_tasks(model, tasks_dir)
@@ -159,11 +160,11 @@ def run_atlas(model_spec: str, out: str | Path, tasks_dir=None, revision=None, d
             f"{', '.join(score_t)}; evaluation tasks: {', '.join(eval_t)}"
             + ("" if disjoint else " (the same: < 4 tasks)"))
         return _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corrupt, n_eval, fractions,
-                      how, positions, random_seeds, seed, log, t0)
+                      how, positions, random_seeds, seed, log, t0, measures, text_dir)
 
 
 def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corrupt, n_eval, fractions, how,
-           positions, random_seeds, seed, log, t0) -> dict:
+           positions, random_seeds, seed, log, t0, measures=DEFAULT_MEASURES, text_dir=None) -> dict:
     table, _ = score_heads(model, score_t, res, k, n_clean, n_corrupt, seed, log)
     figs = _heatmaps(res, table, ("induction", "fv", "prev_token"), lambda c: f"{c} score")
     figs["scatter"] = scatter_and_layers(table, res.file("induction_vs_fv.png"), model.n_layers)
@@ -176,18 +177,30 @@ def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corr
     ranks = ranking_key(seed, score_t, k, n_clean, n_corrupt)
     st = res.stage("ablation", {"fractions": list(fractions), "how": how, "positions": positions, "exclusion": 0.02,
                                 "random_seeds": random_seeds, "n_eval": n_eval, "k": k, "eval_seed": seed + 1,
-                                "eval_tasks": sorted(eval_t), "ranking": ranks})
+                                "eval_tasks": sorted(eval_t), "ranking": ranks,
+                                "measures": list(measures), "text_dir": None if text_dir is None else str(text_dir)})
     log("  " + st.describe())
     if not st.done:
         eval_prompts = {n: build_eval_prompts(model, t, k, n_eval, seed + 1) for n, t in eval_t.items()}
         eval_prompts.update(copy_prompts(model, n_eval, seed + 1))
-        abl = ablation_study(model, eval_prompts, table, fractions, how, positions, random_seeds=random_seeds, log=log)
-        st.write_table("ablation.csv", abl)
+        abl_res = ablation_study(model, eval_prompts, table, fractions, how, positions, random_seeds=random_seeds,
+                                 log=log, measures=measures, text_dir=text_dir)
+        st.write_table("ablation.csv", abl_res.per_task)
+        if abl_res.token_loss is not None:
+            st.write_table("ablation_token_loss.csv", abl_res.token_loss)
+        st.write_json("ablation_protocol.json", {**abl_res.protocol, "notes": abl_res.notes})
         st.finish()
     abl = pd.read_csv(st.file("ablation.csv"), dtype={"task": str, "ranking": str})
     res.write_table("ablation.csv", abl)
+    abl_tl = pd.read_csv(st.file("ablation_token_loss.csv"), dtype={"ranking": str}) \
+        if st.file("ablation_token_loss.csv").exists() else None
+    if abl_tl is not None:
+        res.write_table("ablation_token_loss.csv", abl_tl)
+    abl_protocol = json.loads(st.file("ablation_protocol.json").read_text())
+    res.write_json("ablation_protocol.json", abl_protocol)
     figs["ablation"] = ablation_figure(abl, res.file("ablation.png"),
-                                       f"{short_name(model_spec)}: {how}-ablating the top heads ({positions} position)")
+                                       f"{short_name(model_spec)}: {how}-ablating the top heads ({positions} position)",
+                                       token_loss=abl_tl)
     sf = res.stage("function_vectors", {"n": n_eval, "k": k, "seed": 1, "top": None, "eval_tasks": sorted(eval_t),
                                         "ranking": ranks})
     log("  " + sf.describe())
@@ -214,7 +227,11 @@ def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corr
          "label-corrupted prompts (Todd et al.).", "figure": figs["induction"]},
         {"figure": figs["fv"]}, {"figure": figs["scatter"]},
         {"heading": "Top heads and their overlap", "text": json.dumps(overlap, default=str)},
-        {"heading": "Ablation study", "figure": figs["ablation"], "table": curve.reset_index()},
+        {"heading": "Ablation study", "figure": figs["ablation"],
+         "text": f"Random heads: mean over seeds with a {abl_protocol['interval']}. " + " ".join(abl_protocol["notes"]),
+         "table": ablation_summary(abl[~is_copy])},
+        *([{"heading": "Ablation study: token-loss difference (ablated at every position)",
+            "table": ablation_summary(abl_tl, "difference")}] if abl_tl is not None else []),
         *([{"heading": "Ablation study: copying prompts (fresh mapping, repeated query)",
             "table": copy_curve.reset_index()}] if copy_curve is not None else []),
         {"heading": "Function vectors (added to zero-shot prompts; accuracy by layer, mean over tasks)",
