@@ -88,3 +88,11 @@ def test_fractions_default_are_fractions():
     assert args.fractions == [0.0, 0.01, 0.03, 0.05, 0.07, 0.09, 0.15, 0.2]
     args = build_parser().parse_args(["compare", "a", "b"])
     assert args.fractions == [0.02, 0.05, 0.1, 0.2] and args.depth_fraction == 0.1
+
+
+def test_cli_lists_mirror_the_modules():
+    """cli.py copies a few name lists so that it never imports torch: they must stay in step."""
+    from iclscope import cli
+    from iclscope.experiments.atlas.ablation import MEASURES
+
+    assert tuple(cli.MEASURES) == tuple(MEASURES)

@@ -154,7 +154,8 @@ def _cmd_atlas(args) -> int:
     run_atlas(args.model, args.out, tasks_dir=args.tasks, revision=args.revision, dtype=args.dtype,
               device=args.device, device_map=args.device_map, k=args.shots, n_clean=args.n_clean,
               n_corrupt=args.n_corrupt, n_eval=args.n_eval, fractions=args.fractions, how=args.how,
-              positions=args.positions, random_seeds=args.random_seeds)
+              positions=args.positions, random_seeds=args.random_seeds, measures=tuple(args.measures),
+              text_dir=args.text_dir)
     return 0
 
 
@@ -323,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "or all")
     at.add_argument("--random-seeds", type=nonnegative_int, default=5, help="random head sets per fraction, the "
                     "baseline (an integer >= 0)")
+    at.add_argument("--measures", type=_measure_list, default="first_token,token_loss", help="ablation measures, "
+                    "comma-separated: first_token (always), generate_f1 (greedy-decoding token F1, slower), "
+                    "token_loss (token-loss difference on natural text)")
+    at.add_argument("--text-dir", default=None, help=".txt file or folder for the token-loss difference (default: "
+                    "the shipped King James Genesis, public domain)")
     at.set_defaults(fn=_cmd_atlas)
 
     tk = sub.add_parser("tasks", help="ICL task files")
@@ -387,6 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(i)
     i.set_defaults(fn=_cmd_info)
     return p
+
+
+MEASURES = ("first_token", "generate_f1", "token_loss")  # mirrors experiments.atlas.ablation (no torch import here)
+
+
+def _measure_list(text: str) -> list[str]:
+    items = name_list(text)
+    bad = [m for m in items if m not in MEASURES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad[0]!r} is not a measure; choose from {', '.join(MEASURES)}")
+    return items
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
