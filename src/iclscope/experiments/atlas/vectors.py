@@ -94,8 +94,8 @@ def fv_summary(fvt: pd.DataFrame) -> dict:
     convention = "output" if site == "resid_post" else "input"
     verdict = (f"adding the FV at layer {best} ({convention} of block {best}) raises zero-shot accuracy by "
                f"{gain:.3f} +- {sem:.3f} (sem; spread over tasks {spread:.3f})" if ok else
-               f"no layer's gain is distinguishable from zero: the best, layer {best} ({convention} of block "
-               f"{best}), gains {gain:.3f} +- {sem:.3f} (sem) with a spread over tasks of {spread:.3f}")
+               f"no layer's gain is distinguishable from zero (not distinguishable: the best, layer {best} ({convention} of block "
+               f"{best}), gains {gain:.3f} +- {sem:.3f} (sem) with a spread over tasks of {spread:.3f})")
     return {"best_layer": best, "layer_convention": f"layer L = {convention} of block L ({site})",
             "heads": int(fvt.heads.iloc[0]), "zero_shot_acc": float(by.zero_shot_acc[best]),
             "with_fv_acc": float(by.with_fv_acc[best]), "few_shot_acc": float(by.few_shot_acc[best]),
