@@ -62,7 +62,7 @@ def scatter_and_layers(table: pd.DataFrame, path: Path, n_layers: int) -> Path:
 
 
 def _load(spec, revision=None, dtype=None, device=None, device_map=None):
-    from .. import load
+    from ... import load
     return load(spec, revision=revision, dtype=dtype, device=device, device_map=device_map)
 
 
