@@ -36,7 +36,7 @@ def test_function_vector_is_the_heads_contribution(family):
     model = make_model(family)
     means = torch.randn(model.n_layers, model.n_heads, model.d_head)
     heads = [(1, 2), (2, 0)]
-    fv = function_vector(model, means, heads)
+    fv = function_vector(model, means, heads, bias="none")  # iclscope's variant: the heads' own contribution
     # the same vector read off the model: attn_out with only those heads' means minus with none
     tokens = torch.randint(0, 257, (1, 5))
     outs = []

@@ -127,7 +127,7 @@ _rng = random.Random(0)
 WORDS = sorted({"".join(_rng.choice("abcdefgh") for _ in range(3)) for _ in range(30)})
 
 
-def _fv_setup(family, scale=4.0, n_clean=6, n_corrupt=4):
+def _fv_setup(family, scale=4.0, n_clean=6, n_corrupt=4, protocol=None):
     """A small model with a sharper output (scaled unembedding) and two tasks whose answer is, per prompt,
     the model's own top token on the clean prompt: patching towards the clean means then moves P(answer)
     by 1e-4..1e-2, so that comparisons are not between zeros."""
@@ -136,13 +136,17 @@ def _fv_setup(family, scale=4.0, n_clean=6, n_corrupt=4):
         (model.module.unembed.weight if family == "tiny" else model.module.get_output_embeddings().weight).mul_(scale)
     if family == "tiny":
         tasks = fv_prompts(model, synthetic_token_tasks(2, 12, seed=0, word_offset=2), k=4, n_clean=n_clean,
-                           n_corrupt=n_corrupt, sep_id=1)
+                           n_corrupt=n_corrupt, sep_id=1, protocol=protocol)
     else:
         pairs = [Task("upper", [(w, w.upper()) for w in WORDS]), Task("rev", [(w, w[::-1]) for w in WORDS])]
-        tasks = fv_prompts(model, pairs, k=3, n_clean=n_clean, n_corrupt=n_corrupt, template=Template("{x}\t{y}\n"))
+        tasks = fv_prompts(model, pairs, k=3, n_clean=n_clean, n_corrupt=n_corrupt, template=Template("{x}\t{y}\n"),
+                           protocol=protocol)
     out = {}
     for name, (clean, bad) in tasks.items():
-        assert bad.corrupt == "cycle" and bad.queries == clean.queries[:len(bad)]
+        if protocol == "iclscope":  # the corrupted prompts are the first clean prompts, labels cycled
+            assert bad.corrupt == "cycle" and bad.queries == clean.queries[:len(bad)]
+        else:  # published: fresh prompts (another draw), labels randomly permuted
+            assert bad.corrupt == "permute" and [d for d in bad.demos] != clean.demos[:len(bad)]
         with torch.no_grad():
             top = model({"input_ids": clean.input_ids, "attention_mask": clean.attention_mask})[:, -1].argmax(-1)
         out[name] = (dataclasses.replace(clean, answer_first_token=top),
@@ -150,9 +154,9 @@ def _fv_setup(family, scale=4.0, n_clean=6, n_corrupt=4):
     return model, out
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "tiny"])
-def test_fast_fv_scores_equal_the_reference_loop(family):
-    model, tasks = _fv_setup(family)
+@pytest.mark.parametrize("family,protocol", [("gpt2", None), ("llama", None), ("tiny", None), ("gpt2", "iclscope")])
+def test_fast_fv_scores_equal_the_reference_loop(family, protocol):
+    model, tasks = _fv_setup(family, protocol=protocol)
     ref = fv_scores_reference(model, tasks, batch_size=3, progress=False)
     gathered = fv_scores(model, tasks, batch_size=3, progress=False)  # 12 heads: a pass holds several prompts
     fast = fv_scores(model, tasks, batch_size=4, max_rows=5, progress=False)  # a pass holds one prompt (shared)

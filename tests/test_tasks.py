@@ -118,10 +118,13 @@ def test_two_shot_template_text_exact(tok, capitals):
         (x1, y1), (x2, y2) = demos
         assert y1 == truth[x1] and y2 == truth[x2]
         assert text == f"Q: {x1}\nA: {y1}\n\nQ: {x2}\nA: {y2}\n\nQ: {q}\nA:"
-    # the ids are exactly the text's tokens (no BOS for this tokenizer by default)
+    # the ids are exactly one BOS (the published protocol: this tokenizer adds none) then the text's tokens
     row = batch.input_ids[0][batch.attention_mask[0].bool()].tolist()
-    assert row == tok(batch.texts[0], add_special_tokens=False)["input_ids"]
-    assert tok.decode(row) == batch.texts[0]
+    assert row == [tok.bos_token_id] + tok(batch.texts[0], add_special_tokens=False)["input_ids"]
+    assert tok.decode(row[1:]) == batch.texts[0]
+    off = build_prompts(capitals, tok, k=2, n=5, seed=3, add_bos=False)  # iclscope's "none": the text alone
+    row = off.input_ids[0][off.attention_mask[0].bool()].tolist()
+    assert row == tok(off.texts[0], add_special_tokens=False)["input_ids"] and tok.decode(row) == off.texts[0]
 
 
 def test_other_template(tok, capitals):
@@ -148,7 +151,7 @@ def test_answer_first_token_is_space_prefixed_token_in_context(tok, capitals):
 def test_left_padding_puts_last_token_last(tok):
     # words unseen in training split into several tokens, so prompt lengths differ
     task = Task("mixed", CAPITALS[:8] + [("Liechtenstein", "Vaduz"), ("Burkina Faso", "Ouagadougou"), ("Fiji", "Suva")])
-    batch = build_prompts(task, tok, k=4, n=12, seed=2)
+    batch = build_prompts(task, tok, k=4, n=12, seed=2, add_bos=False)  # the text's tokens alone
     ids, mask = batch.input_ids, batch.attention_mask
     assert ids.dtype == torch.int64 and mask.shape == ids.shape
     lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in batch.texts]

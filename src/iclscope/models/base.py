@@ -534,21 +534,33 @@ def _recorder(cache: Cache, name: str, pos: torch.Tensor | None, grad: bool):
 def head_means(model: Model, inputs: Any, positions=-1, batch_size: int = 32) -> torch.Tensor:
     """Mean head outputs z over a set of prompts, for mean ablation.
 
-    inputs: token ids (N, T) or a list of such batches. positions: which positions to average over
-    (default the final one). Returns (n_layers, n_heads, d_head).
+    inputs: token ids (N, T), a dict with ``input_ids``/``tokens`` and an optional ``attention_mask``
+    (N, T), or a list of such batches. positions: which positions to average over (default the final
+    one; None = every position). Only real tokens count: each (prompt, position) is weighted by the
+    ``attention_mask`` there, so left padding never enters the mean. Returns (n_layers, n_heads, d_head).
     """
     batches = inputs if isinstance(inputs, (list, tuple)) else [inputs[i:i + batch_size]
                                                                for i in range(0, len(inputs), batch_size)]
-    total, count = None, 0
+    total, count = None, 0.0
     with torch.no_grad():
         for b in batches:
+            norm = model._inputs(b)
+            B, T = norm["tokens"].shape
             _, cache = model.run(b, record=["z"], positions=positions)
             z = torch.stack([cache.site("z", layer) for layer in range(model.n_layers)])  # (L, B, P, H, D)
-            s = z.float().sum(dim=(1, 2))
+            mask = norm.get("attention_mask")
+            if mask is None:
+                w = torch.ones(B, z.shape[2], device=z.device)
+            else:
+                pos = positions_index(positions, T)
+                w = (mask if pos is None else mask[:, pos.to(mask.device)]).to(z.device).float()  # (B, P)
+            s = (z.float() * w[None, :, :, None, None]).sum(dim=(1, 2))
             total = s if total is None else total + s
-            count += z.shape[1] * z.shape[2]
+            count += float(w.sum())
     if total is None:
         raise IclscopeError("head_means: no inputs given")
+    if count == 0:
+        raise IclscopeError("head_means: every position asked for is padding (attention_mask 0)")
     return (total / count).to(model.dtype)
 
 

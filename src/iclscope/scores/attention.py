@@ -10,6 +10,12 @@ key; positions without one (a first occurrence, BOS) are not counted.
   a first token can be skipped);
 - duplicate-token: target = the previous occurrence of the query's token itself.
 
+``induction_scores(..., definition="head_detector")`` is TransformerLens's head_detector definition
+instead (docs/protocol.md): per sequence, the attention summed over EVERY (query i, key j) with
+``ids[j-1] == ids[i]``, ``1 <= j <= i`` (every earlier duplicate + 1, not only the most recent), divided
+by the sequence length T, then averaged over sequences. On [BOS, r, r] (T = 1 + 2 half, distinct r) it
+equals iclscope's score times half / T.
+
 Token identity comes from ``ids`` (B, T), which defaults to the token ids; for vector-input models pass
 the ids of the vectors (e.g. exemplar indices).
 """
@@ -20,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..errors import IclscopeError
 from ..patterns import induction_targets
 
 
@@ -71,9 +78,47 @@ def _ids(inputs, ids):
     return inputs["tokens"] if isinstance(inputs, dict) else inputs.tokens
 
 
-def induction_scores(model, inputs, ids: torch.Tensor | None = None, layers=None) -> torch.Tensor:
-    """(n_layers, n_heads): attention to the token after the previous occurrence of the current token."""
-    return attention_scores(model, inputs, induction_targets(_ids(inputs, ids)), layers)
+INDUCTION_DEFINITIONS = ("iclscope", "head_detector")
+
+
+def induction_scores(model, inputs, ids: torch.Tensor | None = None, layers=None,
+                     definition: str = "iclscope") -> torch.Tensor:
+    """(n_layers, n_heads): attention to the token after the previous occurrence of the current token.
+
+    definition: ``"iclscope"`` (mean over the query positions that have a target of the attention on the
+    token after the most recent previous occurrence) or ``"head_detector"`` (TransformerLens: summed
+    attention on every earlier duplicate + 1 over all rows, divided by T; see the module docstring)."""
+    if definition == "iclscope":
+        return attention_scores(model, inputs, induction_targets(_ids(inputs, ids)), layers)
+    if definition == "head_detector":
+        return head_detector_induction_scores(model, inputs, ids, layers)
+    raise IclscopeError(f"induction definition {definition!r}: choose from {', '.join(INDUCTION_DEFINITIONS)}")
+
+
+def induction_detection_pattern(ids: torch.Tensor) -> torch.Tensor:
+    """(B, T, T) float: 1 at (query i, key j) when ``ids[j-1] == ids[i]`` and ``1 <= j <= i`` (TransformerLens's
+    induction detection pattern: the duplicate-token pattern shifted one key to the right, lower-triangular)."""
+    B, T = ids.shape
+    dup = (ids[:, :, None] == ids[:, None, :]) & torch.ones(T, T, dtype=torch.bool, device=ids.device).tril(-1)
+    det = torch.zeros(B, T, T, dtype=torch.bool, device=ids.device)
+    det[:, :, 1:] = dup[:, :, :-1]  # key j is marked when key j-1 is an earlier duplicate of query i
+    return (det & torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()).float()
+
+
+def head_detector_induction_scores(model, inputs, ids: torch.Tensor | None = None, layers=None) -> torch.Tensor:
+    """(n_layers, n_heads): TransformerLens head_detector's induction score, averaged over the batch (NaN for
+    layers not requested). Sequences are taken as unpadded (every position counts in T)."""
+    layers = list(range(model.n_layers)) if layers is None else list(layers)
+    tok = _ids(inputs, ids)
+    with torch.no_grad():
+        _, cache = model.run(inputs, record=["pattern"], layers=layers)
+    det = induction_detection_pattern(tok)  # (B, T, T)
+    out = torch.full((model.n_layers, model.n_heads), float("nan"))
+    for layer in layers:
+        pat = cache.site("pattern", layer).float()  # (B, H, T, T)
+        per_seq = (pat * det.to(pat.device)[:, None]).sum((-2, -1)) / pat.shape[-1]  # (B, H)
+        out[layer] = per_seq.mean(0).cpu()
+    return out
 
 
 def prev_token_scores(model, inputs, first: int = 1, layers=None) -> torch.Tensor:

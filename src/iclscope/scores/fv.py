@@ -4,8 +4,8 @@ Definition (reference.md, section A). For each ICL task:
 
 1. the task mean of each head's output z at the final token, over clean k-shot prompts:
    ``means`` (n_layers, n_heads, d_head);
-2. on prompts whose demonstration labels are corrupted (``build_prompts(..., corrupt="cycle" or
-   "shuffle")`` with the same seed, so that the queries match the clean ones), replace ONE head's
+2. on prompts whose demonstration labels are corrupted (by default, as published, fresh prompts whose
+   labels are randomly permuted; see ``fv_prompts`` and docs/protocol.md), replace ONE head's
    final-token z by its task mean and record the increase in the probability (softmax over the whole
    vocabulary, float32) of the first token of the correct answer (``answer_first_token``) over the
    corrupted run without the patch.
@@ -165,35 +165,62 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
+#: Added to the seed for the corrupted prompts of the "fresh" protocol, so that they are drawn
+#: independently of the clean prompts (a seed of their own, the same for every run with that seed).
+FRESH_SEED_OFFSET = 100_003
+
+
 def fv_prompts(model, tasks, k: int = 10, n_clean: int = 100, n_corrupt: int = 25, seed: int = 0,
-               corrupt: str = "cycle", **build_kwargs) -> dict[str, tuple]:
+               corrupt: str | None = None, corrupt_prompts: str | None = None, test_fraction: float | None = None,
+               protocol=None, **build_kwargs) -> dict[str, tuple]:
     """Build (clean, corrupted) prompt batches for FV scoring.
 
     tasks: a list (or name -> task dict) of ``Task`` (word tasks, built with the model's tokenizer) or
-    ``TokenTask`` (token ids; pass ``sep_id``, ``bos_id``, ``pad_id`` in ``build_kwargs``). Clean: n_clean
-    k-shot prompts from ``seed``; corrupted: n_corrupt prompts from the same seed (so their queries are those
-    of the first n_corrupt clean prompts) with the demonstration labels corrupted (``"cycle"``: every demo
-    shows its predecessor's label, none stays correct; ``"shuffle"``: a random derangement).
-    Returns ``{name: (clean, corrupted)}``.
-    """
-    from ..tasks.core import Task, TokenTask, build_prompts, build_token_prompts
+    ``TokenTask`` (token ids; pass ``sep_id``, ``bos_id``, ``pad_id`` in ``build_kwargs``).
 
-    if corrupt not in ("cycle", "shuffle"):
-        raise IclscopeError(f"fv_prompts: corrupt must be 'cycle' or 'shuffle', got {corrupt!r}")
+    The protocol (``iclscope.tasks.Protocol``; default the published one, see docs/protocol.md) decides
+    how; ``corrupt``, ``corrupt_prompts`` and ``test_fraction`` override its fields:
+
+    - ``corrupt_prompts="fresh"`` (published): each task is split (``split(task, test_fraction, seed)``);
+      clean prompts: n_clean prompts from ``seed``, demonstrations from the train side, queries from the
+      held-out side; corrupted prompts: n_corrupt prompts drawn the same way from another seed
+      (``seed + FRESH_SEED_OFFSET``), independent of the clean prompts behind the task mean.
+    - ``corrupt_prompts="twins"`` (iclscope's variant): every pair serves both pools; the corrupted prompts
+      come from the same seed, so they are the first n_corrupt clean prompts with corrupted labels.
+    - ``corrupt``: ``"permute"`` (published: a random permutation, a label may stay on its own input),
+      ``"cycle"`` (every demo shows its predecessor's label, none stays correct) or ``"shuffle"`` (a
+      random derangement).
+
+    Word tasks start with one BOS as the protocol says (``bos``; the model's ``bos_token_id`` is used
+    for tokenizers without a BOS token); ``demo_pairs``/``query_pairs`` in ``build_kwargs`` replace the
+    split. Returns ``{name: (clean, corrupted)}``.
+    """
+    from ..tasks.core import Task, TokenTask, build_prompts, build_token_prompts, has_tokenizer, split
+    from ..tasks.protocol import Protocol
+
+    proto = Protocol.make(protocol, corrupt=corrupt, corrupt_prompts=corrupt_prompts, test_fraction=test_fraction)
     items = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
     out = {}
     for task in items:
         if isinstance(task, TokenTask):
-            clean = build_token_prompts(task, k=k, n=n_clean, seed=seed, **build_kwargs)
-            bad = build_token_prompts(task, k=k, n=n_corrupt, seed=seed, corrupt=corrupt, **build_kwargs)
+            build, kw = build_token_prompts, dict(build_kwargs)
         elif isinstance(task, Task):
-            if model.tokenizer is None:
+            if not has_tokenizer(model.tokenizer):
                 raise IclscopeError(f"task {task.name!r} is a word task, but the model has no tokenizer; "
                                     f"use token tasks (TokenTask) for this model")
-            clean = build_prompts(task, model.tokenizer, k=k, n=n_clean, seed=seed, **build_kwargs)
-            bad = build_prompts(task, model.tokenizer, k=k, n=n_corrupt, seed=seed, corrupt=corrupt, **build_kwargs)
+            kw = {"add_bos": proto.add_bos, "bos_id": model.bos_token_id, **build_kwargs}
+
+            def build(t, **a):
+                return build_prompts(t, model.tokenizer, **a)
         else:
             raise IclscopeError(f"fv_prompts: expected Task or TokenTask, got {type(task).__name__}")
+        bad_seed = seed
+        if proto.corrupt_prompts == "fresh":
+            if "demo_pairs" not in kw and "query_pairs" not in kw:
+                kw["demo_pairs"], kw["query_pairs"] = split(task, proto.test_fraction, seed)
+            bad_seed = seed + FRESH_SEED_OFFSET
+        clean = build(task, k=k, n=n_clean, seed=seed, **kw)
+        bad = build(task, k=k, n=n_corrupt, seed=bad_seed, corrupt=proto.corrupt, **kw)
         out[task.name] = (clean, bad)
     return out
 
@@ -220,8 +247,8 @@ def _task_pairs(tasks) -> list[tuple[str, Any, Any]]:
             if not hasattr(b, "answer_first_token") or not hasattr(b, "input_ids"):
                 raise IclscopeError(f"task {name!r}: the {what} prompts must be a PromptBatch, got {type(b).__name__}")
         if getattr(bad, "corrupt", "?") is None:
-            raise IclscopeError(f"task {name!r}: the second batch is not corrupted; build it with corrupt='cycle' "
-                                f"or 'shuffle' (and the same seed as the clean prompts)")
+            raise IclscopeError(f"task {name!r}: the second batch is not corrupted; build it with corrupt='permute', "
+                                f"'cycle' or 'shuffle' (see iclscope.scores.fv_prompts)")
         if len(clean) == 0 or len(bad) == 0:
             raise IclscopeError(f"task {name!r}: empty prompt batch")
     return items

@@ -19,8 +19,10 @@ from .core import (
     load_tasks,
     save_task,
     split,
+    has_tokenizer,
     tokenizer_adds_bos,
 )
+from .protocol import PROTOCOL_CHOICES, Protocol
 from .synthetic import random_mapping_task, synthetic_token_tasks
 
 __all__ = [
@@ -39,6 +41,9 @@ __all__ = [
     "build_prompts",
     "build_token_prompts",
     "tokenizer_adds_bos",
+    "has_tokenizer",
+    "Protocol",
+    "PROTOCOL_CHOICES",
     "synthetic_token_tasks",
     "random_mapping_task",
     "build_tasks",

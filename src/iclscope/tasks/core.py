@@ -45,11 +45,20 @@ __all__ = [
     "build_prompts",
     "build_token_prompts",
     "tokenizer_adds_bos",
+    "has_tokenizer",
     "CORRUPTIONS",
+    "BOS_MODES",
 ]
 
-#: Corruptions of the demonstration labels that ``build_prompts`` understands.
-CORRUPTIONS = (None, "shuffle", "cycle")
+#: Corruptions of the demonstration labels that ``build_prompts`` understands: ``"permute"`` (the
+#: published one: a random permutation, a label may stay on its own input), ``"shuffle"`` (a random
+#: permutation that moves every label where possible) and ``"cycle"`` (demo i shows demo i-1's label).
+CORRUPTIONS = (None, "permute", "shuffle", "cycle")
+
+#: What ``build_prompts(add_bos=...)`` accepts besides True/False: None or ``"published"`` (exactly one
+#: BOS at the start of every prompt whenever there is a BOS token, as the studies' code does) and
+#: ``"tokenizer"`` (a BOS only where the tokenizer adds one itself, e.g. Llama's; none for GPT-2).
+BOS_MODES = (None, "published", "tokenizer", True, False)
 
 META_SUFFIX = ".meta.json"
 
@@ -200,13 +209,18 @@ def load_task(path: str | Path) -> Task:
     return Task(name=name, pairs=pairs, meta=meta)
 
 
+#: Subfolders of Todd et al.'s ``dataset_files/`` that hold inputs for building tasks, not task lists.
+NON_TASK_FOLDERS = ("generate",)
+
+
 def load_tasks(folder: str | Path, names: Sequence[str] | None = None, recursive: bool = True) -> dict[str, Task]:
     """Load every task file (``*.json`` except ``*.meta.json``) in a folder.
 
     Args:
         folder: a folder of task files, e.g. the output of :func:`iclscope.tasks.build_tasks` or
             Todd et al.'s ``dataset_files`` (whose ``abstractive/`` and ``extractive/`` subfolders are
-            searched when ``recursive``).
+            searched when ``recursive``; its ``generate/`` subfolder holds inputs for building tasks,
+            not task lists, and is skipped with a warning naming it).
         names: load only these tasks (each must exist).
         recursive: also search subfolders.
 
@@ -217,11 +231,19 @@ def load_tasks(folder: str | Path, names: Sequence[str] | None = None, recursive
         TaskError: the folder does not exist, has no task files, two files share a task name, a
             requested name is missing, or a file is bad (see :func:`load_task`).
     """
+    import warnings
+
     folder = Path(folder)
     if not folder.is_dir():
         raise TaskError(f"{folder}: no such folder of tasks")
     pattern = "**/*.json" if recursive else "*.json"
-    files = sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.endswith(META_SUFFIX))
+    found = sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.endswith(META_SUFFIX))
+    skipped = sorted({p.relative_to(folder).parts[0] for p in found
+                      if len(p.relative_to(folder).parts) > 1 and p.relative_to(folder).parts[0] in NON_TASK_FOLDERS})
+    files = [p for p in found if not (len(p.relative_to(folder).parts) > 1
+                                      and p.relative_to(folder).parts[0] in NON_TASK_FOLDERS)]
+    for sub in skipped:
+        warnings.warn(f"{folder / sub}: skipped (inputs for building tasks, not task lists)", stacklevel=2)
     if not files:
         raise TaskError(f"{folder}: no .json task files found (build some with `iclscope.tasks.build_tasks`)")
     by_name: dict[str, Path] = {}
@@ -432,15 +454,21 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
 
 
 def _corrupt_labels(labels: list, mode: str, rng: random.Random) -> list:
-    """Permute demonstration labels so that (where possible) no demo shows its own correct label.
+    """Permute demonstration labels.
 
-    ``"cycle"``: demo i shows the label of demo i-1 (mod k). ``"shuffle"``: a random permutation
+    ``"permute"`` (the published corruption, Todd et al.'s ``shuffle_labels``): a uniformly random
+    permutation; a label may stay on its own input. ``"cycle"``: demo i shows the label of demo i-1
+    (mod k), so none stays correct when the labels are distinct. ``"shuffle"``: a random permutation
     with no demo keeping a label equal to its own (rejection sampling; when no such permutation
     exists, e.g. all labels equal, the one with the fewest matches found is used).
     """
     k = len(labels)
     if mode == "cycle":
         return [labels[(i - 1) % k] for i in range(k)]
+    if mode == "permute":
+        perm = list(range(k))
+        rng.shuffle(perm)
+        return [labels[perm[i]] for i in range(k)]
     best_perm, best_fixed = None, k + 1
     for _ in range(1000):
         perm = list(range(k))
@@ -531,6 +559,32 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def has_tokenizer(tokenizer) -> bool:
+    """Whether ``tokenizer`` is a usable tokenizer: not None and not empty (an empty vocabulary is no
+    tokenizer: it cannot encode a word task)."""
+    if tokenizer is None:
+        return False
+    try:
+        return len(tokenizer) > 0
+    except TypeError:  # an object without a length: trust it
+        return True
+
+
+def _bos_wanted(tokenizer, add_bos, bos_id: int | None) -> tuple[bool, int | None]:
+    """(whether prompts start with a BOS, its id) for ``build_prompts``'s ``add_bos``."""
+    if add_bos not in BOS_MODES or (add_bos is not None and not isinstance(add_bos, (bool, str))):
+        raise TaskError(f"add_bos must be one of None, 'published', 'tokenizer', True, False; got {add_bos!r}")
+    if bos_id is None:
+        bos_id = getattr(tokenizer, "bos_token_id", None)
+    if add_bos is None or add_bos == "published":
+        return bos_id is not None, bos_id
+    if add_bos == "tokenizer":
+        return tokenizer_adds_bos(tokenizer), getattr(tokenizer, "bos_token_id", None)
+    if add_bos and bos_id is None:
+        raise TaskError("add_bos=True but the tokenizer has no bos_token (pass bos_id)")
+    return bool(add_bos), bos_id
+
+
 def tokenizer_adds_bos(tokenizer) -> bool:
     """Whether ``tokenizer(text)`` (with special tokens) starts with the tokenizer's BOS token."""
     bos = getattr(tokenizer, "bos_token_id", None)
@@ -611,9 +665,10 @@ def build_prompts(
     seed: int = 0,
     corrupt: str | None = None,
     template: Template = DEFAULT_TEMPLATE,
-    add_bos: bool | None = None,
+    add_bos: bool | str | None = None,
     demo_pairs: Sequence[tuple[str, str]] | None = None,
     query_pairs: Sequence[tuple[str, str]] | None = None,
+    bos_id: int | None = None,
 ) -> PromptBatch:
     """Build ``n`` left-padded ``k``-shot prompts for a word task.
 
@@ -631,13 +686,20 @@ def build_prompts(
         n: prompts (B).
         seed: seed of the draws; the same seed gives the same queries and demonstration inputs
             whatever ``corrupt`` is.
-        corrupt: None, ``"shuffle"`` (labels permuted so that none stays on its own input where
-            possible) or ``"cycle"`` (demo i shows the label of demo i-1). The query's answer is
-            always the correct one.
+        corrupt: None, ``"permute"`` (the published corruption: a random permutation of the
+            labels, a label may stay on its own input), ``"shuffle"`` (labels permuted so that none
+            stays on its own input where possible) or ``"cycle"`` (demo i shows the label of demo
+            i-1). The query's answer is always the correct one.
         template: how demonstrations and query are written.
-        add_bos: prepend the tokenizer's BOS token (True), never have one (False), or do what the
-            tokenizer does by default (None: e.g. Llama adds BOS, GPT-2 does not).
+        add_bos: None or ``"published"`` (default, the studies' protocol): every prompt starts with
+            exactly one BOS token whenever there is one (GPT-2, GPT-NeoX/Pythia, GPT-J and OLMo
+            tokenizers add none, so it is prepended, as the published code prepends the BOS text;
+            Llama's tokenizer adds its own, the same single token); ``"tokenizer"``: a BOS only where
+            the tokenizer adds one itself; True: always (error without a BOS token); False: never.
         demo_pairs / query_pairs: separate pools for demonstrations and queries.
+        bos_id: the BOS id to use (default the tokenizer's ``bos_token_id``; pass the model's
+            ``bos_token_id`` for tokenizers that have none, e.g. Qwen2's, whose models use
+            ``<|endoftext|>``).
 
     Returns:
         A :class:`PromptBatch` with ``input_ids`` (B, T), ``attention_mask`` (B, T),
@@ -648,10 +710,10 @@ def build_prompts(
             query with separate pools).
     """
     _check_request(k, n, corrupt)
-    want_bos = tokenizer_adds_bos(tokenizer) if add_bos is None else bool(add_bos)
-    bos_id = getattr(tokenizer, "bos_token_id", None)
-    if want_bos and bos_id is None:
-        raise TaskError("add_bos=True but the tokenizer has no bos_token")
+    if not has_tokenizer(tokenizer):
+        raise TaskError(f"task {task.name!r} is a word task and needs a tokenizer; "
+                        f"got {'none' if tokenizer is None else 'an empty one'}")
+    want_bos, bos_id = _bos_wanted(tokenizer, add_bos, bos_id)
 
     dropped: list[tuple[tuple, str]] = []
     checked: dict[tuple[str, str], bool] = {}

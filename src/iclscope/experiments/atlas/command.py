@@ -12,9 +12,13 @@ tables are rebuilt from the stages on every run; see ``run_atlas`` for the stage
     function_vectors.csv task, layer, zero_shot_acc, with_fv_acc, few_shot_acc
     *.png, report.html
 
-Task sets. Scoring tasks and evaluation tasks are kept disjoint: the FV scores come from the first half
-of the tasks (``score_tasks``), the ablation study evaluates on the other half; with fewer than 4 tasks
-every task is used for both, and the report says so.
+Task sets. Scoring tasks and evaluation tasks are kept disjoint: by default the FV scores come from the
+alphabetical first half of the tasks, the ablation study and the function vectors evaluate on the other
+half; with fewer than 4 tasks every task is used for both, and the report says so. ``score_tasks`` /
+``eval_tasks`` choose the lists (both are in config.json).
+
+Protocol. The published protocol (Todd et al.'s code; ``iclscope.tasks.Protocol``) is the default; every
+choice is written in config.json's ``protocol`` block and explained in docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from ...report import ResultsDir, write_report
 from ...report.figures import head_heatmap, save_figure, short_name
 from .ablation import DEFAULT_MEASURES, ablation_figure, ablation_study, ablation_summary, check_measures
 from .scoring import score_grid, attention_key, fv_key, score_heads
+from ...tasks.protocol import Protocol
 from .tasks import FRACTIONS, build_eval_prompts, copy_prompts, default_shots, default_tasks, split_tasks
 from .vectors import function_vectors, fv_summary
 
@@ -96,12 +101,63 @@ def check_ablation_settings(fractions, how: str, positions: str, random_seeds: i
     return fr
 
 
-def folder_config(command: str, model_spec, revision, dtype, tasks_dir, tasks: dict) -> dict:
-    """What defines a scores / atlas folder: the command, the model (spec, revision, dtype) and the task set.
-    Everything else is a stage key (a change recomputes that stage; a change here is refused)."""
-    return {"command": command, "model": str(model_spec), "revision": revision,
-            "dtype": None if dtype is None else str(dtype).replace("torch.", ""),
-            "tasks": str(tasks_dir), "task_names": sorted(tasks)}
+def folder_config(command: str, model_spec, revision, dtype, tasks_dir, tasks: dict, protocol=None,
+                  score_tasks=None, eval_tasks=None) -> dict:
+    """What defines a scores / atlas folder: the command, the model (spec, revision, dtype), the task set,
+    which tasks score and which evaluate, and the protocol (``protocol``: every choice by name, see
+    docs/protocol.md). Everything else is a stage key (a change recomputes that stage; a change here is
+    refused)."""
+    cfg = {"command": command, "model": str(model_spec), "revision": revision,
+           "dtype": None if dtype is None else str(dtype).replace("torch.", ""),
+           "tasks": str(tasks_dir), "task_names": sorted(tasks),
+           "protocol": Protocol.make(protocol).to_dict()}
+    if score_tasks is not None:
+        cfg["score_tasks"] = sorted(score_tasks)
+    if eval_tasks is not None:
+        cfg["eval_tasks"] = sorted(eval_tasks)
+    return cfg
+
+
+def _z_threshold(n_tests: int, alpha: float = 0.05) -> float:
+    """The one-sided z a maximum over ``n_tests`` noisy scores must pass (Bonferroni), at least 2."""
+    from statistics import NormalDist
+
+    return max(2.0, NormalDist().inv_cdf(1 - alpha / max(1, n_tests)))
+
+
+def top_head_evidence(table: pd.DataFrame) -> dict:
+    """The best induction head and the best FV head with their uncertainty, and whether either is
+    distinguishable from its baseline: induction against ``induction_baseline`` (the same targets on
+    unrepeated sequences), FV against zero; each with ``induction_sem`` / ``fv_sem``. A top score chosen
+    from many heads must pass the Bonferroni z for that many heads (at least 2 sem). ``verdict`` says in
+    words what can be claimed (on a random model: nothing)."""
+    z = _z_threshold(len(table))
+    out: dict = {"z_threshold": z}
+    words = []
+    for kind, base_col, sem_col, against in (("induction", "induction_baseline", "induction_sem", "the random baseline"),
+                                             ("fv", None, "fv_sem", "zero")):
+        if sem_col not in table or (base_col is not None and base_col not in table):
+            out[kind] = None
+            continue
+        base = table[base_col] if base_col else 0.0
+        excess = table[kind] - base
+        i = int(excess.fillna(-np.inf).to_numpy().argmax())
+        row = table.iloc[i]
+        sem = float(row[sem_col]) if pd.notna(row[sem_col]) else float("nan")
+        ex = float(excess.iloc[i])
+        ok = bool(np.isfinite(sem) and ex > z * sem and ex > 0)
+        out[kind] = {"head": [int(row.layer), int(row["head"])], "score": float(row[kind]),
+                     "baseline": float(base if base_col is None else row[base_col]), "excess": ex, "sem": sem,
+                     "distinguishable": ok}
+        name = "induction head" if kind == "induction" else "FV head"
+        words.append(f"top {name} {int(row.layer)}.{int(row['head'])}: {float(row[kind]):.4f}, "
+                     f"{ex:.4f} +- {sem:.4f} above {against}"
+                     + ("" if ok else f" (not distinguishable from {against}: needs > {z:.1f} sem)"))
+    found = [k for k in ("induction", "fv") if out.get(k) and out[k]["distinguishable"]]
+    out["verdict"] = "; ".join(words) + (
+        ". No head is distinguishable from its baseline: these rankings are noise (e.g. an untrained model)."
+        if not found else ".")
+    return out
 
 
 def _heatmaps(res: ResultsDir, table: pd.DataFrame, cols, title) -> dict:
@@ -110,38 +166,47 @@ def _heatmaps(res: ResultsDir, table: pd.DataFrame, cols, title) -> dict:
 
 def run_scores(model_spec: str, out: str | Path, tasks_dir=None, revision=None, dtype=None, device=None,
                k: int | None = None, n_clean: int = 100, n_corrupt: int = 25, seed: int = 0, log=print,
-               model=None) -> pd.DataFrame:
+               model=None, protocol=None, score_tasks=None) -> pd.DataFrame:
     """``iclscope scores``: heads.csv, fv_per_task.csv and a heat map per score in ``out``.
 
-    Folder config (a change is refused): command, model, revision, dtype, tasks, task_names. Stages:
-    "attention" (n, half, seed) and "fv-<task>" per task (task, k, n_clean, n_corrupt, seed, method)."""
+    protocol: ``"published"`` (default), ``"iclscope"``, a dict of fields or an ``iclscope.tasks.Protocol``;
+    score_tasks: the task names to score (default all). Folder config (a change is refused): command, model,
+    revision, dtype, tasks, task_names, protocol, score_tasks. Stages: "attention" (n, half, seed, induction
+    definition) and "fv-<task>" per task (task, k, n_clean, n_corrupt, seed, method, protocol)."""
     check_score_settings(k, n_clean, n_corrupt, seed)
+    protocol = Protocol.make(protocol)
     model = model or _load(model_spec, revision, dtype, device)
     k = default_shots(model, k)
     tasks = default_tasks(model, tasks_dir)
-    with ResultsDir(out, folder_config("scores", model_spec, revision, dtype, tasks_dir, tasks),
+    if score_tasks is not None:
+        tasks, _, _ = split_tasks(tasks, score_tasks, score_tasks)
+    with ResultsDir(out, folder_config("scores", model_spec, revision, dtype, tasks_dir, tasks, protocol,
+                                       score_tasks=None if score_tasks is None else list(tasks)),
                     command="scores") as res:
-        table, _ = score_heads(model, tasks, res, k, n_clean, n_corrupt, seed, log)
+        table, _ = score_heads(model, tasks, res, k, n_clean, n_corrupt, seed, log, protocol)
         _heatmaps(res, table, ("induction", "prev_token", "duplicate", "fv"), lambda c: f"{model_spec}: {c} score")
         res.mark_finished()
         log(f"results in {res.path}/ (heads.csv, heat maps)")
     return table
 
 
-def ranking_key(seed: int, score_tasks, k: int, n_clean: int, n_corrupt: int) -> dict:
+def ranking_key(seed: int, score_tasks, k: int, n_clean: int, n_corrupt: int, protocol=None) -> dict:
     """The inputs of the head rankings (the attention and FV stage keys) as part of a later stage's key."""
-    return {"attention": attention_key(seed),
-            "fv": [fv_key(t, k, n_clean, n_corrupt, seed) for t in sorted(score_tasks)]}
+    return {"attention": attention_key(seed, protocol),
+            "fv": [fv_key(t, k, n_clean, n_corrupt, seed, protocol) for t in sorted(score_tasks)]}
 
 
 def run_atlas(model_spec: str, out: str | Path, tasks_dir=None, revision=None, dtype=None, device=None,
               device_map=None, k: int | None = None, n_clean: int = 100, n_corrupt: int = 25, n_eval: int = 50,
               fractions=FRACTIONS, how: str = "mean", positions: str = "final", random_seeds: int = 5,
-              seed: int = 0, log=print, model=None, measures=DEFAULT_MEASURES, text_dir=None) -> dict:
+              seed: int = 0, log=print, model=None, protocol=None, score_tasks=None, eval_tasks=None,
+              measures=DEFAULT_MEASURES, text_dir=None) -> dict:
     """``iclscope atlas``: scores, the ablation study, function vectors, figures and one HTML report.
 
-    Folder config (a change is refused, naming the keys): command, model, revision, dtype, tasks,
-    task_names. Stages, each reused when finished with the same key: "attention" (n, half, seed),
+    protocol: ``"published"`` (default), ``"iclscope"``, a dict of fields or an ``iclscope.tasks.Protocol``
+    (docs/protocol.md). score_tasks / eval_tasks: the task names that score and that evaluate (default the
+    alphabetical halves; unknown names are refused in one line). Folder config (a change is refused, naming
+    the keys): command, model, revision, dtype, tasks, task_names, protocol, score_tasks, eval_tasks. Stages, each reused when finished with the same key: "attention" (n, half, seed),
     "fv-<task>" per scoring task (task, k, n_clean, n_corrupt, seed, method), "ablation" (fractions, how,
     positions, exclusion, random_seeds, n_eval, k, eval seed, evaluation tasks, ranking inputs) and
     "function_vectors" (n, k, seed, top, evaluation tasks, ranking inputs). Every input is checked before
@@ -150,22 +215,24 @@ def run_atlas(model_spec: str, out: str | Path, tasks_dir=None, revision=None, d
     check_score_settings(k, n_clean, n_corrupt, seed)
     fractions = check_ablation_settings(fractions, how, positions, random_seeds, n_eval)
     measures = check_measures(measures, text_dir)  # ablation measures (docs/ablation.md)
+    protocol = Protocol.make(protocol)
     model = model or _load(model_spec, revision, dtype, device, device_map)
     k = default_shots(model, k)
     tasks = default_tasks(model, tasks_dir)
-    score_t, eval_t, disjoint = split_tasks(tasks)
-    with ResultsDir(out, folder_config("atlas", model_spec, revision, dtype, tasks_dir, tasks),
+    score_t, eval_t, disjoint = split_tasks(tasks, score_tasks, eval_tasks)
+    with ResultsDir(out, folder_config("atlas", model_spec, revision, dtype, tasks_dir, tasks, protocol,
+                                       list(score_t), list(eval_t)),
                     command="atlas") as res:
         log(f"atlas of {model_spec} ({model.n_layers} layers x {model.n_heads} heads); scoring tasks: "
             f"{', '.join(score_t)}; evaluation tasks: {', '.join(eval_t)}"
-            + ("" if disjoint else " (the same: < 4 tasks)"))
+            + ("" if disjoint else " (overlapping: fewer than 4 tasks, or chosen so)"))
         return _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corrupt, n_eval, fractions,
-                      how, positions, random_seeds, seed, log, t0, measures, text_dir)
+                      how, positions, random_seeds, seed, log, t0, protocol, measures, text_dir)
 
 
 def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corrupt, n_eval, fractions, how,
-           positions, random_seeds, seed, log, t0, measures=DEFAULT_MEASURES, text_dir=None) -> dict:
-    table, _ = score_heads(model, score_t, res, k, n_clean, n_corrupt, seed, log)
+           positions, random_seeds, seed, log, t0, protocol, measures=DEFAULT_MEASURES, text_dir=None) -> dict:
+    table, _ = score_heads(model, score_t, res, k, n_clean, n_corrupt, seed, log, protocol)
     figs = _heatmaps(res, table, ("induction", "fv", "prev_token"), lambda c: f"{c} score")
     figs["scatter"] = scatter_and_layers(table, res.file("induction_vs_fv.png"), model.n_layers)
     n_top = max(1, round(0.02 * len(table)))
@@ -174,14 +241,14 @@ def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corr
     overlap = {"top_k": max(n_top, 3), "induction": sorted(top_ind), "fv": sorted(top_fv),
                "overlap": sorted(top_ind & top_fv),
                "spearman_induction_fv": float(pd.Series(table.induction).rank().corr(pd.Series(table.fv).rank()))}
-    ranks = ranking_key(seed, score_t, k, n_clean, n_corrupt)
+    ranks = ranking_key(seed, score_t, k, n_clean, n_corrupt, protocol)
     st = res.stage("ablation", {"fractions": list(fractions), "how": how, "positions": positions, "exclusion": 0.02,
                                 "random_seeds": random_seeds, "n_eval": n_eval, "k": k, "eval_seed": seed + 1,
                                 "eval_tasks": sorted(eval_t), "ranking": ranks,
                                 "measures": list(measures), "text_dir": None if text_dir is None else str(text_dir)})
     log("  " + st.describe())
     if not st.done:
-        eval_prompts = {n: build_eval_prompts(model, t, k, n_eval, seed + 1) for n, t in eval_t.items()}
+        eval_prompts = {n: build_eval_prompts(model, t, k, n_eval, seed + 1, protocol) for n, t in eval_t.items()}
         eval_prompts.update(copy_prompts(model, n_eval, seed + 1))
         abl_res = ablation_study(model, eval_prompts, table, fractions, how, positions, random_seeds=random_seeds,
                                  log=log, measures=measures, text_dir=text_dir)
@@ -202,10 +269,11 @@ def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corr
                                        f"{short_name(model_spec)}: {how}-ablating the top heads ({positions} position)",
                                        token_loss=abl_tl)
     sf = res.stage("function_vectors", {"n": n_eval, "k": k, "seed": 1, "top": None, "eval_tasks": sorted(eval_t),
-                                        "ranking": ranks})
+                                        "ranking": ranks, "fv_bias": protocol.fv_bias, "fv_layer": protocol.fv_layer})
     log("  " + sf.describe())
     if not sf.done:
-        sf.write_table("function_vectors.csv", function_vectors(model, eval_t, table, k=k, n=n_eval))
+        sf.write_table("function_vectors.csv", function_vectors(model, eval_t, table, k=k, n=n_eval,
+                                                                protocol=protocol))
         sf.finish()
     fvt = pd.read_csv(sf.file("function_vectors.csv"), dtype={"task": str})
     res.write_table("function_vectors.csv", fvt)
@@ -213,6 +281,7 @@ def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corr
     curve = abl[~is_copy].groupby(["ranking", "fraction"]).accuracy.mean().unstack(0)
     copy_curve = abl[is_copy].groupby(["ranking", "fraction"]).accuracy.mean().unstack(0) if is_copy.any() else None
     summary = {"model": str(model_spec), "heads": len(table), "top_heads": overlap,
+               "top_head_evidence": top_head_evidence(table), "protocol": protocol.to_dict(),
                "max_induction": float(table.induction.max()), "max_fv": float(table.fv.max()),
                "accuracy_by_fraction": {r: {str(f): float(v) for f, v in curve[r].items()} for r in curve},
                "copy_accuracy_by_fraction": None if copy_curve is None else
@@ -226,7 +295,8 @@ def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corr
          "token on repeated random tokens. FV: the causal indirect effect of a head's task-mean output on "
          "label-corrupted prompts (Todd et al.).", "figure": figs["induction"]},
         {"figure": figs["fv"]}, {"figure": figs["scatter"]},
-        {"heading": "Top heads and their overlap", "text": json.dumps(overlap, default=str)},
+        {"heading": "Top heads and their overlap", "text": json.dumps(overlap, default=str) + "\n\n"
+         + summary["top_head_evidence"]["verdict"]},
         {"heading": "Ablation study", "figure": figs["ablation"],
          "text": f"Random heads: mean over seeds with a {abl_protocol['interval']}. " + " ".join(abl_protocol["notes"]),
          "table": ablation_summary(abl[~is_copy])},
@@ -234,7 +304,9 @@ def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corr
             "table": ablation_summary(abl_tl, "difference")}] if abl_tl is not None else []),
         *([{"heading": "Ablation study: copying prompts (fresh mapping, repeated query)",
             "table": copy_curve.reset_index()}] if copy_curve is not None else []),
-        {"heading": "Function vectors (added to zero-shot prompts; accuracy by layer, mean over tasks)",
+        {"heading": f"Function vectors (added to zero-shot prompts at the final position; "
+                    f"{summary['function_vectors']['layer_convention']}; accuracy by layer, mean over tasks). "
+                    f"{summary['function_vectors']['verdict']}",
          "table": fvt.groupby("layer")[["zero_shot_acc", "with_fv_acc", "few_shot_acc"]].mean().reset_index()},
         {"heading": "All heads", "table": table},
     ])
@@ -243,8 +315,9 @@ def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corr
     if copy_curve is not None:
         log("accuracy on copying prompts:\n" + copy_curve.round(3).to_string())
     log(f"top induction heads {sorted(top_ind)}; top FV heads {sorted(top_fv)}; overlap {sorted(top_ind & top_fv)}")
+    log(summary["top_head_evidence"]["verdict"])
     fs = summary["function_vectors"]
-    log(f"function vector ({fs['heads']} heads) at layer {fs['best_layer']}: zero-shot accuracy "
+    log(f"function vector ({fs['heads']} heads): {fs['verdict']}; zero-shot accuracy "
         f"{fs['zero_shot_acc']:.3f} -> {fs['with_fv_acc']:.3f} (few-shot {fs['few_shot_acc']:.3f})")
     log(f"results in {res.path}/ (report.html) in {summary['seconds']} s")
     return summary

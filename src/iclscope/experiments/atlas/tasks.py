@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from ...errors import IclscopeError
-from ...tasks.core import Task, TokenTask, build_prompts, build_token_prompts, load_tasks
+from ...tasks.core import Task, TokenTask, build_prompts, build_token_prompts, has_tokenizer, load_tasks
+from ...tasks.protocol import Protocol
 from ...tasks.synthetic import synthetic_token_tasks
 
 
@@ -34,7 +35,7 @@ def default_tasks(model, tasks_dir: str | Path | None = None, n_tasks: int = 8, 
     """Word tasks from ``tasks_dir`` (Todd format) if given, else the built-in synthetic token tasks."""
     if tasks_dir is not None:
         tasks = load_tasks(tasks_dir)
-        if model.tokenizer is None and any(isinstance(t, Task) for t in tasks.values()):
+        if not has_tokenizer(model.tokenizer) and any(isinstance(t, Task) for t in tasks.values()):
             raise IclscopeError(f"{tasks_dir} holds word tasks, but the model has no tokenizer; leave --tasks out "
                                 f"to use the built-in synthetic token tasks")
         return tasks
@@ -43,12 +44,16 @@ def default_tasks(model, tasks_dir: str | Path | None = None, n_tasks: int = 8, 
                                                      seed=lay.get("task_seed", seed), word_offset=lay["word_offset"])}
 
 
-def build_eval_prompts(model, task, k: int, n: int, seed: int):
+def build_eval_prompts(model, task, k: int, n: int, seed: int, protocol=None):
+    """n k-shot prompts of ``task`` for ``model``; word tasks start with one BOS as ``protocol.bos`` says
+    (default: the published protocol; the model's BOS id for tokenizers without a BOS token)."""
     if isinstance(task, TokenTask):
         lay = token_layout(model)
         return build_token_prompts(task, k=k, n=n, seed=seed, sep_id=lay["sep_id"], bos_id=lay["bos_id"],
                                    pad_id=lay["pad_id"])
-    return build_prompts(task, model.tokenizer, k=k, n=n, seed=seed)
+    proto = Protocol.make(protocol)
+    return build_prompts(task, model.tokenizer, k=k, n=n, seed=seed, add_bos=proto.add_bos,
+                         bos_id=model.bos_token_id)
 
 
 def copy_prompts(model, n: int, seed: int) -> dict:
@@ -72,13 +77,37 @@ def _fv_kwargs(model, tasks) -> dict:
     return {}
 
 
-def split_tasks(tasks: dict) -> tuple[dict, dict, bool]:
-    """(scoring tasks, evaluation tasks, disjoint?)."""
-    names = sorted(tasks)
-    if len(names) < 4:
-        return tasks, tasks, False
-    half = len(names) // 2
-    return {n: tasks[n] for n in names[:half]}, {n: tasks[n] for n in names[half:]}, True
+def _names(what: str, given, tasks: dict) -> list[str] | None:
+    if given is None:
+        return None
+    names = [given] if isinstance(given, str) else list(given)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise IclscopeError(f"{what}: give a non-empty list of task names, got {given!r}")
+    unknown = [n for n in names if n not in tasks]
+    if unknown:
+        raise IclscopeError(f"{what}: unknown task(s) {', '.join(unknown)} (known: {', '.join(sorted(tasks))})")
+    return sorted(dict.fromkeys(names))
+
+
+def split_tasks(tasks: dict, score_tasks=None, eval_tasks=None) -> tuple[dict, dict, bool]:
+    """(scoring tasks, evaluation tasks, disjoint?).
+
+    Default: the alphabetical first half of the names scores, the second half evaluates (every task does
+    both with fewer than 4). ``score_tasks`` / ``eval_tasks``: lists of names chosen by the user; when only
+    one is given the other is the rest (or the same list when nothing is left). Unknown names are refused
+    in one line naming them."""
+    s, e = _names("score_tasks", score_tasks, tasks), _names("eval_tasks", eval_tasks, tasks)
+    if s is None and e is None:
+        names = sorted(tasks)
+        if len(names) < 4:
+            return tasks, tasks, False
+        half = len(names) // 2
+        return {n: tasks[n] for n in names[:half]}, {n: tasks[n] for n in names[half:]}, True
+    if s is None:
+        s = [n for n in sorted(tasks) if n not in e] or e
+    if e is None:
+        e = [n for n in sorted(tasks) if n not in s] or s
+    return {n: tasks[n] for n in s}, {n: tasks[n] for n in e}, not (set(s) & set(e))
 
 
 def default_shots(model, k: int | None) -> int:
