@@ -96,3 +96,20 @@ def test_cli_lists_mirror_the_modules():
     from iclscope.experiments.atlas.ablation import MEASURES
 
     assert tuple(cli.MEASURES) == tuple(MEASURES)
+
+
+def test_cli_protocol_choices_mirror_the_protocol():
+    from iclscope import cli
+    from iclscope.tasks.protocol import PROTOCOL_CHOICES
+
+    assert cli.PROTOCOL_CHOICES == PROTOCOL_CHOICES
+
+
+def test_protocol_options_reach_the_protocol():
+    from iclscope.cli import _make_protocol, _protocol, build_parser
+
+    args = build_parser().parse_args(["atlas", "--model", "random:gpt2", "--out", "x", "--protocol", "iclscope",
+                                      "--bos", "published", "--score-tasks", "a,b"])
+    p = _make_protocol(_protocol(args))
+    assert (p.bos, p.corrupt, p.fv_layer) == ("published", "cycle", "input")
+    assert args.score_tasks == ["a", "b"]

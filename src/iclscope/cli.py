@@ -143,9 +143,18 @@ def _cmd_data_sweep(args) -> int:
 def _cmd_scores(args) -> int:
     from .experiments.atlas import run_scores
 
+    p = _protocol(args)
     run_scores(args.model, args.out, tasks_dir=args.tasks, revision=args.revision, dtype=args.dtype,
-               device=args.device, k=args.shots, n_clean=args.n_clean, n_corrupt=args.n_corrupt)
+               device=args.device, k=args.shots, n_clean=args.n_clean, n_corrupt=args.n_corrupt,
+               protocol=_make_protocol(p), score_tasks=args.score_tasks)
     return 0
+
+
+def _make_protocol(p: dict):
+    from .tasks import Protocol
+
+    preset = p.pop("preset")
+    return Protocol.make(preset, **p)
 
 
 def _cmd_atlas(args) -> int:
@@ -155,7 +164,8 @@ def _cmd_atlas(args) -> int:
               device=args.device, device_map=args.device_map, k=args.shots, n_clean=args.n_clean,
               n_corrupt=args.n_corrupt, n_eval=args.n_eval, fractions=args.fractions, how=args.how,
               positions=args.positions, random_seeds=args.random_seeds, measures=tuple(args.measures),
-              text_dir=args.text_dir)
+              text_dir=args.text_dir, protocol=_make_protocol(_protocol(args)), score_tasks=args.score_tasks,
+              eval_tasks=args.eval_tasks)
     return 0
 
 
@@ -307,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(sc)
     _task_args(sc)
     sc.add_argument("--out", required=True, help="results folder (heads.csv and heat maps)")
+    _protocol_args(sc, evaluate=False)
     sc.set_defaults(fn=_cmd_scores)
 
     at = sub.add_parser("atlas", help="scores, ablation study and function vectors of a model; HTML report")
@@ -327,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--measures", type=_measure_list, default="first_token,token_loss", help="ablation measures, "
                     "comma-separated: first_token (always), generate_f1 (greedy-decoding token F1, slower), "
                     "token_loss (token-loss difference on natural text)")
+    _protocol_args(at, evaluate=True)
     at.add_argument("--text-dir", default=None, help=".txt file or folder for the token-loss difference (default: "
                     "the shipped King James Genesis, public domain)")
     at.set_defaults(fn=_cmd_atlas)
@@ -396,6 +408,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 MEASURES = ("first_token", "generate_f1", "token_loss")  # mirrors experiments.atlas.ablation (no torch import here)
+
+
+# mirrors iclscope.tasks.protocol.PROTOCOL_CHOICES (the published value first; kept in step by a test)
+PROTOCOL_CHOICES = {
+    "bos": ("published", "tokenizer", "none"),
+    "corrupt": ("permute", "shuffle", "cycle"),
+    "corrupt_prompts": ("fresh", "twins"),
+    "fv_bias": ("full", "none"),
+    "fv_layer": ("output", "input"),
+    "induction": ("iclscope", "head_detector"),
+}
+_PROTOCOL_HELP = {
+    "bos": "published: one BOS per prompt; tokenizer: only a BOS the tokenizer adds; none",
+    "corrupt": "how the demonstration labels of corrupted prompts are permuted (permute: a random permutation, "
+               "as published; cycle: a cyclic shift, so no label stays correct)",
+    "corrupt_prompts": "fresh: corrupted prompts drawn anew (published); twins: the first clean prompts relabelled",
+    "fv_bias": "include each head's output-projection bias in a function vector (full, as published) or not",
+    "fv_layer": "add a function vector to the output (published) or the input of layer L",
+    "induction": "induction score: iclscope's (mean over repeated-half queries) or TransformerLens's head_detector",
+}
+
+
+def _protocol_args(p: argparse.ArgumentParser, evaluate: bool) -> None:
+    """The protocol options (docs/protocol.md); a field not given keeps the preset's value."""
+    p.add_argument("--protocol", type=choice("published", "iclscope"), default="published",
+                   help="the starting set of protocol choices: the published one (Todd et al.'s code) or iclscope's "
+                        "variants (docs/protocol.md)")
+    for name, options in PROTOCOL_CHOICES.items():
+        p.add_argument("--" + name.replace("_", "-"), type=choice(*options), default=None,
+                       help=f"{_PROTOCOL_HELP[name]} (default: the preset's)")
+    p.add_argument("--test-fraction", type=_open_fraction, default=None, help="held-out share of each task's pairs "
+                   "(the queries of fresh corrupted prompts), in (0, 1) (default: the preset's, 0.3)")
+    p.add_argument("--score-tasks", type=name_list, default=None, help="comma-separated tasks whose FV scores rank "
+                   "the heads (default: the alphabetical first half)")
+    if evaluate:
+        p.add_argument("--eval-tasks", type=name_list, default=None, help="comma-separated tasks for the ablation "
+                       "study and function vectors (default: the other half)")
+
+
+def _open_fraction(text: str) -> float:
+    v = probability(text)
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number strictly between 0 and 1")
+    return v
+
+
+def _protocol(args) -> dict:
+    fields = {name: getattr(args, name) for name in PROTOCOL_CHOICES}
+    fields["test_fraction"] = args.test_fraction
+    return {"preset": args.protocol, **{k: v for k, v in fields.items() if v is not None}}
 
 
 def _measure_list(text: str) -> list[str]:
