@@ -73,7 +73,9 @@ def _read_toml(path: Path) -> dict:
     except OSError as e:
         raise IclscopeError(f"cannot read config {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
-        raise IclscopeError(f"{path}: not valid TOML: {e}") from None
+        raise IclscopeError(f"{path}: not valid TOML: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError:
+        raise IclscopeError(f"{path}: not a TOML config (not UTF-8 text; a model or pickle file?)") from None
 
 
 def _merge(base: dict, new: dict) -> None:
