@@ -116,7 +116,7 @@ def _save(tmp_path, cfg):
     return tmp_path
 
 
-@pytest.mark.parametrize("family", ["falcon", "mamba", "bitnet"])
+@pytest.mark.parametrize("family", ["falcon", "mamba"])
 def test_refused_folders_say_one_line(tmp_path, family):
     """A saved model of a refused family: one IclscopeError line naming the family, never a traceback."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -124,8 +124,10 @@ def test_refused_folders_say_one_line(tmp_path, family):
     cfg = CONFIG_MAPPING[family]()
     for k, v in dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
                      intermediate_size=128, vocab_size=300, head_dim=16, pad_token_id=0).items():
-        if hasattr(cfg, k):
+        try:
             setattr(cfg, k, v)
+        except AttributeError:  # a derived property (falcon's head_dim)
+            pass
     if family == "mamba":
         cfg.state_size, cfg.expand = 4, 1
     with pytest.raises(IclscopeError, match=f"model family '{family}' is not supported") as e:

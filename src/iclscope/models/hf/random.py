@@ -23,7 +23,7 @@ TOKENIZER_FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen2")  # the families whos
 RANDOM_FAMILIES = TOKENIZER_FAMILIES + (
     "apertus", "apertus1p5_text", "arcee", "aria_text", "biogpt", "codegen", "cohere", "cohere2",
     "cohere2_moe", "ctrl", "cwm", "doge", "dots1", "ernie4_5", "ernie4_5_moe", "exaone", "exaone4",
-    "exaone_moe", "flex_olmo", "gemma", "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe", "gpt-sw3",
+    "exaone_moe", "flex_olmo", "gemma", "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe",
     "gpt_bigcode", "gptj", "granite", "granitemoe", "granitemoeshared", "helium", "hunyuan_v1_dense",
     "hunyuan_v1_moe", "hy_v3", "hyperclovax", "internlm3", "iquestcoder", "jais2", "kolibri1", "llama4_text",
     "mellum", "minimax_m2", "minimax_m3_vl_text", "ministral", "ministral3", "mistral", "mixtral", "nanochat",
@@ -32,7 +32,7 @@ RANDOM_FAMILIES = TOKENIZER_FAMILIES + (
     "vaultgemma",
 )
 # family -> the shipped tokenizer it gets (the closest one: same tokenizer kind); default llama's
-_TOKENIZER_OF = {"gpt_bigcode": "gpt2", "gpt-sw3": "gpt2", "codegen": "gpt2", "gptj": "gpt2", "opt": "gpt2",
+_TOKENIZER_OF = {"gpt_bigcode": "gpt2", "codegen": "gpt2", "gptj": "gpt2", "opt": "gpt2",
                  "olmo": "gpt_neox", "olmo2": "gpt_neox", "olmo3": "gpt_neox", "olmoe": "gpt_neox",
                  "stablelm": "gpt_neox", "qwen3": "qwen2", "starcoder2": "gpt2"}
 RANDOM_OPTIONS = ("layers", "heads", "d_model", "kv_heads", "seed", "n_ctx")
