@@ -116,7 +116,7 @@ def _save(tmp_path, cfg):
     return tmp_path
 
 
-@pytest.mark.parametrize("family", ["falcon", "mamba"])
+@pytest.mark.parametrize("family", ["falcon", "mamba", "bitnet"])
 def test_refused_folders_say_one_line(tmp_path, family):
     """A saved model of a refused family: one IclscopeError line naming the family, never a traceback."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING

@@ -49,6 +49,7 @@ REFUSED = {
     "granitemoehybrid": _HYBRID, "falcon_h1": _HYBRID, "lfm2": _HYBRID, "lfm2_moe": _HYBRID,
     "recurrent_gemma": _HYBRID, "minimax": _HYBRID, "kimi_linear": _HYBRID, "olmo_hybrid": _HYBRID,
     "qwen3_next": _HYBRID, "qwen3_5_text": _HYBRID, "qwen3_5_moe_text": _HYBRID, "bailing_hybrid": _HYBRID,
+    "bitnet": "a sub-norm (attn_sub_norm) sits between the heads' outputs and o_proj, so z is not what o_proj reads",
     "diffllama": "differential attention: each head's output is a difference of two softmax patterns, "
                  "re-normed before the output projection, so z is not what o_proj reads",
 }
