@@ -25,23 +25,35 @@ from ...errors import IclscopeError
 from ...sites import layer_names
 
 ATTN_IMPL = "iclscope"
+_PROBE: list | None = None  # set by model._discover for one probe pass: the modules that call the function
+
+
+def _fused(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
+    """The stock fused kernel; families with an attention softcap (gemma2, ...) that SDPA cannot apply get the
+    eager body with no hook called."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if kwargs.get("softcap") is not None:
+        return _eager(module, None, None, False, query, key, value, attention_mask, scaling, dropout,
+                      kwargs["softcap"], None)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  **kwargs)
 
 
 def iclscope_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """query (B, H, Tq, D); key, value (B, KVH, S, D); attention_mask None (causal), bool or additive
     (B|1, 1, Tq, >=S). Returns (z (B, Tq, H, D), pattern (B, H, Tq, S') or None), S' = S plus the prefix."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if _PROBE is not None:
+        _PROBE.append(module)
     hooks = getattr(module, "_iclscope_hooks", None)
     layer = getattr(module, "layer_idx", None)
     if hooks is None or layer is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+        return _fused(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     prefix = hooks.ctx.prefix
     live = hooks.layer_active(layer)
     if prefix is None and not live:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+        return _fused(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     if kwargs.get("s_aux") is not None:
         raise IclscopeError("attention sinks (s_aux) are not supported by iclscope's head interface")
     names = layer_names(layer)
@@ -67,8 +79,7 @@ def iclscope_attention(module, query, key, value, attention_mask, scaling=None, 
                 attention_mask = torch.cat([m[:, :S], torch.ones(len(prefix), 1, dtype=torch.bool, device=m.device)],
                                            1)[:, None, None].to(query.device)
             if not live:
-                return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                              scaling=scaling, **kwargs)
+                return _fused(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     return _eager(module, hooks, names, live, query, key, value, attention_mask, scaling, dropout,
                   kwargs.get("softcap"), shared)
 

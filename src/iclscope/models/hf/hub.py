@@ -68,6 +68,10 @@ def load_pretrained(spec: str, revision: str | None = None, dtype=None, device=N
     try:
         module = AutoModelForCausalLM.from_pretrained(str(path) if is_dir else spec, local_files_only=True, **kwargs)
         local_only = True
+    except KeyError as e:
+        if e.args != (ATTN_IMPL,):
+            raise
+        _refuse_own_attention(str(path) if is_dir else spec, revision)
     except (OSError, ValueError) as e:
         if is_dir:
             raise IclscopeError(f"{where}: cannot load the model in this directory: {str(e).splitlines()[0]}") from None
@@ -82,6 +86,10 @@ def load_pretrained(spec: str, revision: str | None = None, dtype=None, device=N
                                 f"directory, or try random:<family> for a small random model.") from None
         try:
             module = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+        except KeyError as e2:
+            if e2.args != (ATTN_IMPL,):
+                raise
+            _refuse_own_attention(spec, revision)
         except (OSError, ValueError) as e2:
             raise IclscopeError(f"{where}: {str(e2).splitlines()[0]}") from None
         local_only = False
@@ -96,6 +104,19 @@ def load_pretrained(spec: str, revision: str | None = None, dtype=None, device=N
     if tokenizer is not None and not _encodes(tokenizer):
         tokenizer = None  # e.g. a local folder without tokenizer files: a tokenizer that encodes nothing
     return HFModel(module, tokenizer, name=spec)
+
+
+def _refuse_own_attention(where: str, revision: str | None) -> None:
+    """One line for a family that picks its own attention classes (falcon, gpt_neo, ...): transformers
+    raises KeyError('iclscope') when asked for the AttentionInterface."""
+    from transformers import AutoConfig
+
+    try:
+        family = AutoConfig.from_pretrained(where, revision=revision).model_type
+    except Exception:  # pragma: no cover
+        family = "?"
+    raise IclscopeError(f"model family {family!r} is not supported: it picks its own attention classes and does "
+                        f"not route attention through transformers' AttentionInterface") from None
 
 
 def _encodes(tokenizer) -> bool:

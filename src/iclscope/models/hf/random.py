@@ -12,9 +12,29 @@ import torch
 
 from ...errors import IclscopeError
 from .attention import ATTN_IMPL, register
-from .model import HFModel
+from .model import REFUSED, HFModel
 
-RANDOM_FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen2")
+_OWN = "it picks its own attention classes and does not route attention through transformers' AttentionInterface"
+# families whose attention bypasses the interface in the installed transformers (docs/families.md)
+OWN_ATTENTION = {"falcon": _OWN, "gpt_neo": _OWN, "bloom": _OWN, "git": _OWN}
+
+TOKENIZER_FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen2")  # the families whose tokenizers ship with iclscope
+# every family random:<family> builds (each checked by tests/test_families.py; docs/families.md)
+RANDOM_FAMILIES = TOKENIZER_FAMILIES + (
+    "apertus", "apertus1p5_text", "arcee", "aria_text", "biogpt", "codegen", "cohere", "cohere2",
+    "cohere2_moe", "ctrl", "cwm", "doge", "dots1", "ernie4_5", "ernie4_5_moe", "exaone", "exaone4",
+    "exaone_moe", "flex_olmo", "gemma", "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe",
+    "gpt_bigcode", "gptj", "granite", "granitemoe", "granitemoeshared", "helium", "hunyuan_v1_dense",
+    "hunyuan_v1_moe", "hy_v3", "hyperclovax", "internlm3", "iquestcoder", "jais2", "kolibri1", "llama4_text",
+    "mellum", "minimax_m2", "minimax_m3_vl_text", "ministral", "ministral3", "mistral", "mixtral", "nanochat",
+    "nemotron", "olmo", "olmo2", "olmo3", "olmoe", "opt", "persimmon", "phi", "phi3", "phimoe", "qwen2_moe",
+    "qwen3", "qwen3_moe", "sarvam_moe", "seed_oss", "smollm3", "solar_open", "stablelm", "starcoder2",
+    "vaultgemma",
+)
+# family -> the shipped tokenizer it gets (the closest one: same tokenizer kind); default llama's
+_TOKENIZER_OF = {"gpt_bigcode": "gpt2", "codegen": "gpt2", "gptj": "gpt2", "opt": "gpt2",
+                 "olmo": "gpt_neox", "olmo2": "gpt_neox", "olmo3": "gpt_neox", "olmoe": "gpt_neox",
+                 "stablelm": "gpt_neox", "qwen3": "qwen2", "starcoder2": "gpt2"}
 RANDOM_OPTIONS = ("layers", "heads", "d_model", "kv_heads", "seed", "n_ctx")
 TOKENIZERS = ("family", "byte")
 TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "data" / "tokenizers"
@@ -30,8 +50,8 @@ def family_tokenizer(family: str):
     """
     from transformers import PreTrainedTokenizerFast
 
-    if family not in RANDOM_FAMILIES:
-        raise IclscopeError(f"unknown family {family!r} for a tokenizer; choose from {', '.join(RANDOM_FAMILIES)}")
+    if family not in TOKENIZER_FAMILIES:
+        raise IclscopeError(f"unknown family {family!r} for a tokenizer; choose from {', '.join(TOKENIZER_FAMILIES)}")
     folder = TOKENIZER_DIR / family
     if not (folder / "tokenizer.json").is_file():
         raise IclscopeError(f"the tokenizer of {family} is missing from {folder} (a broken install; "
@@ -79,9 +99,20 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+def tokenizer_family(family: str) -> str:
+    """The shipped tokenizer a random ``family`` model gets: its own, else the closest kind (byte-level BPE
+    families: gpt2, gpt_neox or qwen2's; sentencepiece-style families: llama's)."""
+    return family if family in TOKENIZER_FAMILIES else _TOKENIZER_OF.get(family, "llama")
+
+
 def random_config(family: str, layers: int = 2, heads: int = 4, d_model: int = 64, kv_heads: int | None = None,
                   vocab: int = 257, n_ctx: int = 512, bos_id: int = 256, eos_id: int = 256):
     """A small config of ``family``. llama and qwen2 default to grouped-query attention (kv_heads = heads/2).
+
+    Other families (``RANDOM_FAMILIES``): the family's config class with its defaults, resized: ``layers``
+    layers, ``heads`` heads of d_model/heads, kv_heads (default heads/2 where the family has the option),
+    MLP width 2*d_model, MoE families 4 experts with 2 active; the rest of the family's quirks (softcaps,
+    sliding windows, qk-norm, partial rotary, parallel residual) are kept as the family's defaults.
 
     The defaults (257 tokens, BOS = EOS = 256) fit :func:`byte_tokenizer`; ``load_random`` passes the
     family tokenizer's size and ids."""
@@ -99,9 +130,42 @@ def random_config(family: str, layers: int = 2, heads: int = 4, d_model: int = 6
     kv = kv_heads or max(1, heads // 2)
     if heads % kv:
         raise IclscopeError(f"heads={heads} is not a multiple of kv_heads={kv}")
+    if d_model % heads:
+        raise IclscopeError(f"d_model={d_model} is not a multiple of heads={heads}")
+    if family not in ("llama", "qwen2"):
+        return _generic_config(family, layers, heads, d_model, kv, n_ctx, common)
     cls = tf.LlamaConfig if family == "llama" else tf.Qwen2Config
     return cls(num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv, hidden_size=d_model,
                intermediate_size=4 * d_model, max_position_embeddings=n_ctx, **common)
+
+
+_MOE = dict(num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2, moe_topk=2,
+            moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=0, moe_num_experts=4)
+
+
+def _generic_config(family, layers, heads, d_model, kv, n_ctx, common):
+    """The config class of ``family`` (transformers' CONFIG_MAPPING) with its defaults, resized."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    cfg = CONFIG_MAPPING[family]()
+    small = dict(num_hidden_layers=layers, num_attention_heads=heads, hidden_size=d_model, head_dim=d_model // heads,
+                 intermediate_size=2 * d_model, max_position_embeddings=n_ctx, pad_token_id=None,
+                 vocab_size=common["vocab_size"], bos_token_id=common["bos_token_id"],
+                 eos_token_id=common["eos_token_id"])
+    if hasattr(cfg, "num_key_value_heads"):
+        small["num_key_value_heads"] = kv
+    small.update({k: v for k, v in _MOE.items() if hasattr(cfg, k)})
+    if hasattr(cfg, "rotary_dim"):  # gptj, codegen: rotary on part of each head
+        small["rotary_dim"] = d_model // heads // 2
+    if hasattr(cfg, "layer_types") and cfg.layer_types is not None:  # e.g. sliding/full alternation
+        pattern = list(cfg.layer_types)
+        small["layer_types"] = [pattern[i % len(pattern)] for i in range(layers)]
+    for k, v in small.items():
+        try:
+            setattr(cfg, k, v)
+        except (AttributeError, TypeError, ValueError):
+            pass
+    return cfg
 
 
 def load_random(spec: str, dtype=None, device=None) -> HFModel:
@@ -127,13 +191,16 @@ def load_random(spec: str, dtype=None, device=None) -> HFModel:
                                     f"n_ctx, seed (integers) and tokenizer ({' or '.join(TOKENIZERS)})")
             opts[k] = int(v)
     seed = opts.pop("seed", 0)
+    if family in REFUSED or family in OWN_ATTENTION:
+        raise IclscopeError(f"model family {family!r} is not supported: "
+                            f"{REFUSED.get(family) or OWN_ATTENTION[family]}")
     if family not in RANDOM_FAMILIES:
         raise IclscopeError(f"unknown family {family!r} for random:<family>; choose from {', '.join(RANDOM_FAMILIES)}")
     if kind == "byte":
         tokenizer = byte_tokenizer()
     else:
-        tokenizer = family_tokenizer(family)
-        vocab, bos, eos = _special_ids(family)
+        tokenizer = family_tokenizer(tokenizer_family(family))
+        vocab, bos, eos = _special_ids(tokenizer_family(family))
         opts.update(vocab=vocab, bos_id=bos, eos_id=eos)
     cfg = random_config(family, **opts)
     register()
