@@ -59,11 +59,7 @@ def load_pretrained(spec: str, revision: str | None = None, dtype=None, device=N
     kwargs = dict(revision=revision, trust_remote_code=trust_remote_code, attn_implementation=ATTN_IMPL)
     if dtype is not None:
         kwargs["dtype"] = dtype
-    if device_map is not None:
-        try:
-            import accelerate  # noqa: F401  (transformers needs it for device_map)
-        except ImportError:
-            raise IclscopeError("device_map needs the accelerate package: pip install accelerate") from None
+    if device_map is not None:  # accelerate (a dependency) places the layers; caches stay on their layer's device
         kwargs["device_map"] = device_map
     try:
         module = AutoModelForCausalLM.from_pretrained(str(path) if is_dir else spec, local_files_only=True, **kwargs)
