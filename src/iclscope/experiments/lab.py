@@ -217,6 +217,8 @@ def _run_all(jobs: list[tuple[dict, Path]], workers: int, log, stack: bool = Tru
     """Train the (cfg, out) jobs, finished ones reused: the others grouped into as few stacks as their
     shapes allow (``train.stack_groups``: one stacked model per group, each run still writing its own
     folder; ``stack=False``: one run per stack), each stack in its own process, ``workers`` at a time.
+    With fewer stacks than workers the largest stacks are split in halves (a stack of this model's
+    size is compute-bound beyond a few members, so a second core does more than a larger stack).
     Killing the sweep leaves no worker behind: SIGTERM/SIGINT terminate the pool, and each worker dies with
     the sweep process (PR_SET_PDEATHSIG) if it is SIGKILLed."""
     todo = [(c, o) for c, o in jobs if not _finished(o, c)]
@@ -226,6 +228,10 @@ def _run_all(jobs: list[tuple[dict, Path]], workers: int, log, stack: bool = Tru
     if not todo:
         return
     stacks = stack_groups(todo) if stack else [[job] for job in todo]
+    while len(stacks) < workers and max(map(len, stacks)) > 1:  # keep every worker busy: split the largest
+        big = max(stacks, key=len)
+        stacks.remove(big)
+        stacks += [big[:len(big) // 2], big[len(big) // 2:]]
     if len(stacks) < len(todo):
         log(f"  {len(todo)} runs in {len(stacks)} stack(s)")
     from tqdm.auto import tqdm
