@@ -1,9 +1,12 @@
-"""Training-lab speed: the reference run, the cost of each clamp, and the default clamp sweep.
+"""Training-lab speed: the reference run, the cost of each clamp, stacked against unstacked training,
+and the default clamp sweep stacked and unstacked side by side.
 
-    .venv/bin/python benchmarks/train_speed.py [--parts run,clamps,sweep] [--out DIR]
+    .venv/bin/python benchmarks/train_speed.py [--parts run,data,clamps,stack,sweep] [--out DIR]
+                                               [--sweep-sequences 6e5]
 
-Prints a markdown table (with the date and the machine) to paste into the README. Run it on a quiet
-machine: timings of other work running beside it mean nothing.
+Prints a markdown table (with the date, the machine and /proc/loadavg at each measure) to paste into the
+README. On a shared machine read the ratios (stacked / unstacked, clamp / no clamp), measured side by
+side, rather than the absolute figures.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from iclscope.experiments.lab import clamp_sweep
+from iclscope.experiments.lab import CONDITIONS, clamp_sweep
 from iclscope.train import Trainer, load_config
 
 CLAMPS = {
@@ -37,30 +40,58 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads")
 
 
-def step_rate(clamps: list, steps: int = 1500, repeats: int = 3) -> float:
-    """Training steps per second of the reference configuration under ``clamps`` (best of repeats)."""
-    cfg = load_config(None, ["train.threads=2"])
-    cfg["clamp"] = clamps
-    t = Trainer(cfg, tempfile.mkdtemp(), progress=False, log=lambda *a: None)
+def load() -> str:
+    """The 1-minute load average (the machine may be shared: see the module docstring)."""
+    try:
+        return open("/proc/loadavg").read().split()[0]
+    except OSError:
+        return "?"
+
+
+def _rate(t: Trainer, steps: int, repeats: int) -> float:
     best = 0.0
+    params = list(t.model.module.parameters())
     with t.model.intervene(t.clamps.static):
         for rep in range(repeats + 1):
             t0 = time.perf_counter()
-            for _ in range(steps if rep else 100):
+            for _ in range(steps if rep else 50):
                 b = t.sample()
                 losses = t.loss(b)
                 t.opt.zero_grad(set_to_none=True)
                 losses.sum().backward()
-                t.opt.step()
+                t.step_optimizer(params)
             if rep:
                 best = max(best, steps / (time.perf_counter() - t0))
+    t.close()
     return best
+
+
+def step_rate(clamps: list, steps: int = 1500, repeats: int = 3) -> float:
+    """Training steps per second of the reference configuration under ``clamps`` (best of repeats)."""
+    cfg = load_config(None, ["train.threads=2"])
+    cfg["clamp"] = clamps
+    return _rate(Trainer(cfg, tempfile.mkdtemp(), progress=False, log=lambda *a: None), steps, repeats)
+
+
+def stack_step_rate(n_runs: int, seeds: int = 3, steps: int = 300, repeats: int = 2) -> float:
+    """Training steps per second of ``n_runs`` runs of ``seeds`` seeds each (the clamp sweep's first-stage
+    conditions, cycled: no Graft, which needs a trained source) stacked into one model."""
+    names = ["none", "prev_token"]
+    jobs = []
+    root = Path(tempfile.mkdtemp())
+    for i in range(n_runs):
+        cfg = load_config(None, ["train.threads=1"])
+        cfg["clamp"] = CONDITIONS[names[i % 2]]
+        cfg["train"]["seeds"] = list(range(seeds))
+        jobs.append((cfg, root / f"run{i}"))
+    return _rate(Trainer.stack(jobs, progress=False, log=lambda *a: None), steps, repeats)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="run,data,clamps,sweep")
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
+    ap.add_argument("--sweep-sequences", type=float, default=6e5, help="sequences per run of the clamp sweep")
     args = ap.parse_args()
     parts = args.parts.split(",")
     out = Path(args.out or tempfile.mkdtemp(prefix="iclscope-bench-"))
@@ -74,7 +105,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
         pc = s["phase_change"]
         rows.append(("reference run, 31,250 steps (1e6 sequences), evaluations every 250 steps included",
-                     f"{wall:.1f} s ({31250 / wall:.0f} steps/s)"))
+                     f"{wall:.1f} s ({31250 / wall:.0f} steps/s), load {load()}"))
         rows.append(("  its phase change / final train loss",
                      f"{pc['sequences']:,} sequences / {s['final']['train_loss']:.4f}" if pc else "none"))
     if "data" in parts:
@@ -93,19 +124,32 @@ def main() -> None:
             rows.append((f"data: one {name}", f"{(time.perf_counter() - t0) / 500 * 1e3:.2f} ms"))
     if "clamps" in parts:
         base = step_rate([])
-        rows.append(("training step, no clamp", f"{base:.0f} steps/s"))
+        rows.append(("training step, no clamp", f"{base:.0f} steps/s, load {load()}"))
         for name, clamps in CLAMPS.items():
             if name == "none":
                 continue
             r = step_rate(clamps)
-            rows.append((f"training step, clamp: {name}", f"{r:.0f} steps/s ({(base / r - 1) * 100:+.0f} % time)"))
+            rows.append((f"training step, clamp: {name}",
+                         f"{r:.0f} steps/s ({(base / r - 1) * 100:+.0f} % time), load {load()}"))
+    if "stack" in parts:
+        one = stack_step_rate(1, seeds=1)
+        rows.append(("training step, 1 run of 1 seed (threads=1)", f"{one:.0f} steps/s, load {load()}"))
+        for n_runs in (2, 6):
+            r = stack_step_rate(n_runs)
+            rows.append((f"training step, {n_runs} runs x 3 seeds stacked ({3 * n_runs} members)",
+                         f"{r:.0f} steps/s = {3 * n_runs * r / one:.1f}x the member-steps/s of one run, load {load()}"))
     if "sweep" in parts:
-        d = out / "sweep"
-        shutil.rmtree(d, ignore_errors=True)
-        t0 = time.perf_counter()
-        clamp_sweep(None, out=d, seeds=[0, 1, 2], sequences=600_000, log=lambda *a: None)
-        wall = time.perf_counter() - t0
-        rows.append(("default clamp sweep: 6 conditions x 3 seeds x 6e5 sequences", f"{wall:.0f} s"))
+        n = int(args.sweep_sequences)
+        walls = {}
+        for stack in (True, False):
+            d = out / f"sweep-{'stacked' if stack else 'unstacked'}"
+            shutil.rmtree(d, ignore_errors=True)
+            t0 = time.perf_counter()
+            clamp_sweep(None, out=d, seeds=[0, 1, 2], sequences=n, log=lambda *a: None, stack=stack)
+            walls[stack] = time.perf_counter() - t0
+            rows.append((f"default clamp sweep, {'stacked' if stack else 'unstacked (one process per condition)'}: "
+                         f"6 conditions x 3 seeds x {n:.0e} sequences", f"{walls[stack]:.0f} s, load {load()}"))
+        rows.append(("  unstacked / stacked", f"{walls[False] / walls[True]:.1f}x"))
     print("| measure | result |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v} |")

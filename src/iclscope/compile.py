@@ -8,7 +8,8 @@
 - ``prepasses``: source -> (model to run, hook names it must record): ``CleanRun`` runs this model
   without interventions, ``FrozenModel(m)`` runs ``m``; each pre-pass stops after the last site it needs.
 
-Each site op builds a boolean mask over (batch row, position, head), cached per input shape, and uses
+Each site op builds a boolean mask over (batch row, position, head), cached per input shape (on an
+ensemble, an intervention's ``members`` keep only those members' rows), and uses
 ``torch.where(mask, value.detach(), x)``: replaced entries get no gradient, the rest train (a ``Hook``'s
 output is the one value not detached). Nothing here imports a model family: a model is anything with
 n_layers, n_heads, d_head and d_model, and optionally ``missing_sites()`` ({site: why}) for the sites it
@@ -85,9 +86,11 @@ def positions_index(positions: Positions, T: int) -> torch.Tensor | None:
 class _SiteOp:
     """Replace (or add to) entries of one site at one layer. Masks are cached per input shape."""
 
-    def __init__(self, site, layer, entries, rows, positions, value_fn, add=False, detach=True):
+    def __init__(self, site, layer, entries, rows, positions, value_fn, add=False, detach=True, members=None,
+                 n_models=1):
         self.site, self.layer, self.entries, self.rows = site, layer, entries, rows  # entries: head indices or None
         self.positions, self.value_fn, self.add, self.detach = positions, value_fn, add, detach
+        self.members, self.n_models = members, n_models  # members: ensemble member indices or None (all)
         self._mask_cache: dict = {}
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,6 +131,14 @@ class _SiteOp:
                 m[:, pos[:, None], heads[None, :]] = True
         else:
             m[:, pos] = True
+        if self.members is not None:  # only the rows of the addressed ensemble members
+            R = self.n_models
+            if B % R:
+                raise IclscopeError(f"members={list(self.members)}: a batch of {B} rows does not split over an "
+                                    f"ensemble of {R} models")
+            keep = torch.zeros(R, B // R, dtype=torch.bool)
+            keep[torch.tensor(self.members, dtype=torch.long)] = True
+            m = m & keep.view(B, *([1] * (m.dim() - 1)))
         m = m.to(x.device)
         self._mask_cache[key] = m
         return m
@@ -161,6 +172,22 @@ def _head_vectors(src: torch.Tensor, site_heads: list[int], idx_in_list: list[in
     else:
         V[0, 0, torch.tensor(site_heads, dtype=torch.long)] = vecs.to(device, dtype)
     return V
+
+
+def check_members(members, model, what: str) -> list[int] | None:
+    """The member indices of an intervention's ``members`` (None: all members), checked against the
+    model's ensemble size (``n_models``, 1 for a model that is not an ensemble)."""
+    if members is None:
+        return None
+    R = int(getattr(model, "n_models", 1))
+    try:
+        out = sorted({int(m) for m in members})
+    except (TypeError, ValueError):
+        raise IclscopeError(f"{what}: members must be a list of ensemble member indices, got {members!r}") from None
+    if not out or out[0] < 0 or out[-1] >= R:
+        raise IclscopeError(f"{what}: members={list(members)} must name members 0..{R - 1} of this ensemble of "
+                            f"{R} model(s)")
+    return out
 
 
 def check_site(site: str, model, what: str) -> str:
@@ -224,13 +251,15 @@ def _patch_ops(p: Patch, model) -> list[tuple[str, Callable]]:
             raise IclscopeError(f"{what}: the source model has {m.n_layers} layers of width {m.d_model}; "
                                 f"this one has {model.n_layers} of width {model.d_model}")
 
+    members, R = check_members(p.members, model, what), int(getattr(model, "n_models", 1))
     ops = []
     for layer, idxs in keyed:
         name = hook_name(site, layer)
         site_heads = [heads[i][1] for i in idxs] if head_site else None
         rows = [p.rows[i] for i in idxs] if p.rows is not None else None
         ops.append((name, _SiteOp(site, layer, site_heads, rows, p.positions,
-                                  _value_fn(src, what, name, layer, idxs, site_heads, rows, head_site))))
+                                  _value_fn(src, what, name, layer, idxs, site_heads, rows, head_site, R),
+                                  members=members, n_models=R)))
     return ops
 
 
@@ -247,21 +276,28 @@ def _hook_ops(h: Hook, model) -> list[tuple[str, Callable]]:
             raise IclscopeError(f"{what}: fn must return a tensor of the activation's shape {tuple(x.shape)}, got {got}")
         return y
 
+    members, R = check_members(h.members, model, what), int(getattr(model, "n_models", 1))
     ops = []
     for layer, idxs in keyed:
         site_heads = [heads[i][1] for i in idxs] if h.site in HEAD_SITES else None
         rows = [h.rows[i] for i in idxs] if h.rows is not None else None
         ops.append((hook_name(h.site, layer), _SiteOp(h.site, layer, site_heads, rows, h.positions, value_fn,
-                                                      detach=False)))
+                                                      detach=False, members=members, n_models=R)))
     return ops
 
 
-def _value_fn(src, what, name, layer, idxs, site_heads, rows, head_site) -> Callable:
-    """f(x, ctx) -> the replacing value for one site op, by source type."""
+def _value_fn(src, what, name, layer, idxs, site_heads, rows, head_site, n_models=1) -> Callable:
+    """f(x, ctx) -> the replacing value for one site op, by source type. On an ensemble (``n_models`` > 1)
+    the batch mean is each member's own (over its rows), as if the member ran alone."""
     if isinstance(src, Constant):
         return lambda x, ctx: torch.tensor(float(src.value), dtype=x.dtype, device=x.device)
     if isinstance(src, BatchMean):
-        return lambda x, ctx: x.detach().mean(0, keepdim=True)
+        def batch_mean(x, ctx):
+            if n_models > 1 and x.shape[0] % n_models == 0:
+                per = x.detach().view(n_models, -1, *x.shape[1:]).mean(1, keepdim=True)  # (R, 1, ...)
+                return per.expand(n_models, x.shape[0] // n_models, *x.shape[1:]).reshape(x.shape)
+            return x.detach().mean(0, keepdim=True)
+        return batch_mean
     if isinstance(src, Vectors):
         vals = src.values
         if head_site:
@@ -295,7 +331,9 @@ def _add_ops(a: AddVector, model) -> list[tuple[str, Callable]]:
     def value_fn(x, ctx):
         return (a.scale * vec).to(x.device, x.dtype)
 
-    return [(hook_name(a.site, layer), _SiteOp(a.site, layer, None, None, a.positions, value_fn, add=True))]
+    return [(hook_name(a.site, layer), _SiteOp(a.site, layer, None, None, a.positions, value_fn, add=True,
+                                               members=check_members(a.members, model, "AddVector"),
+                                               n_models=int(getattr(model, "n_models", 1))))]
 
 
 def _clamp_ops(c: ClampPattern, model) -> list[tuple[str, Callable]]:
@@ -329,11 +367,13 @@ def _clamp_ops(c: ClampPattern, model) -> list[tuple[str, Callable]]:
         pat = targeted_pattern(targets, Tq, c.strength)[:, None]  # (B, 1, T, T)
         return pat, (targets >= 0)[:, None, :, None]  # rows with no earlier occurrence are left alone
 
+    members, R = check_members(c.members, model, "ClampPattern"), int(getattr(model, "n_models", 1))
     ops = []
     for layer, idxs in by_layer.items():
         rows = [c.rows[i] for i in idxs] if c.rows is not None else None
         ops.append((hook_name("pattern", layer),
-                    _SiteOp("pattern", layer, [heads[i][1] for i in idxs], rows, c.positions, value_fn)))
+                    _SiteOp("pattern", layer, [heads[i][1] for i in idxs], rows, c.positions, value_fn,
+                            members=members, n_models=R)))
     return ops
 
 
@@ -364,4 +404,4 @@ def compile_interventions(interventions: Sequence, model) -> Plan:
     return plan
 
 
-__all__ = ["Plan", "RunContext", "check_site", "compile_interventions", "positions_index"]
+__all__ = ["Plan", "RunContext", "check_members", "check_site", "compile_interventions", "positions_index"]

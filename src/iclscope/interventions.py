@@ -24,6 +24,12 @@ escape hatch, a user function) is the one exception to detaching: its function's
 masked entries as it is, so gradient flows through that output to whatever the function used (the
 activation it was given included); return ``y.detach()`` for the detached rule.
 
+Ensemble members. On an ensemble model (``n_models`` = R > 1, batch rows r*B .. r*B+B-1 belonging to
+member r) every intervention takes ``members``: the member indices it acts on (None: all). A clamp with
+``members=[3]`` touches only member 3's rows, so members of one stacked model can train under different
+clamps. It combines with ``rows`` (both must select a row); ``BatchMean`` is the mean over each member's
+own rows.
+
 Composition. Interventions apply in list order at each site; nested ``model.intervene`` blocks
 apply the outer list first.
 """
@@ -150,6 +156,7 @@ class Patch:
     layers: Sequence[int] | None = None
     positions: Positions = None
     rows: Sequence[int] | None = None
+    members: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", as_source(self.source))
@@ -172,6 +179,7 @@ class Ablate:
     mean: torch.Tensor | None = None
     positions: Positions = None
     rows: Sequence[int] | None = None
+    members: Sequence[int] | None = None
 
     def patches(self) -> list[Patch]:
         if self.how == "zero":
@@ -180,7 +188,7 @@ class Ablate:
             source = BatchMean() if self.mean is None else Vectors(self.mean)
         else:
             raise IclscopeError(f"Ablate(how={self.how!r}): how must be 'zero' or 'mean'")
-        return [Patch("z", source, heads=self.heads, positions=self.positions, rows=self.rows)]
+        return [Patch("z", source, heads=self.heads, positions=self.positions, rows=self.rows, members=self.members)]
 
 
 @dataclass(frozen=True)
@@ -192,9 +200,11 @@ class Preserve:
     heads: Sequence[Head] | None = None
     layers: Sequence[int] | None = None
     positions: Positions = None
+    members: Sequence[int] | None = None
 
     def patches(self) -> list[Patch]:
-        return [Patch(self.site, CleanRun(), heads=self.heads, layers=self.layers, positions=self.positions)]
+        return [Patch(self.site, CleanRun(), heads=self.heads, layers=self.layers, positions=self.positions,
+                      members=self.members)]
 
 
 @dataclass(frozen=True)
@@ -208,9 +218,11 @@ class Graft:
     site: str = "resid_post"
     positions: Positions = None
     heads: Sequence[Head] | None = None
+    members: Sequence[int] | None = None
 
     def patches(self) -> list[Patch]:
-        return [Patch(self.site, FrozenModel(self.source), heads=self.heads, layers=self.layers, positions=self.positions)]
+        return [Patch(self.site, FrozenModel(self.source), heads=self.heads, layers=self.layers, positions=self.positions,
+                      members=self.members)]
 
 
 @dataclass(frozen=True)
@@ -223,6 +235,7 @@ class AddVector:
     site: str = "resid_pre"
     positions: Positions = None
     scale: float = 1.0
+    members: Sequence[int] | None = None
 
     def patches(self) -> list["AddVector"]:
         return [self]
@@ -246,6 +259,7 @@ class ClampPattern:
     strength: float = 1.0
     positions: Positions = None
     rows: Sequence[int] | None = None
+    members: Sequence[int] | None = None
 
     def patches(self) -> list["ClampPattern"]:
         return [self]
@@ -271,6 +285,7 @@ class Hook:
     layers: Sequence[int] | None = None
     positions: Positions = None
     rows: Sequence[int] | None = None
+    members: Sequence[int] | None = None
 
     def patches(self) -> list["Hook"]:
         if not callable(self.fn):

@@ -32,7 +32,7 @@ from ..readout import answer_correct, answer_loss, induction_strength
 from ..report import ResultsDir, results, write_report
 from ..store import safe_name
 from ..report.figures import line_panels, loss_curves
-from ..train import Trainer, detect_phase_change, load_config, validate_config
+from ..train import Trainer, detect_phase_change, load_config, stack_groups, validate_config
 from ..train.phase import detect_transitions
 
 # The subcircuit clamps of the study (reference section B). A = layer-0 previous-token attention and
@@ -179,10 +179,11 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _train_worker(cfg: dict, out: str) -> str:
+def _train_worker(jobs: list[tuple[dict, str]]) -> str:
+    """Train one stack of runs (``Trainer.stack``): every run writes its own folder."""
     torch.set_num_threads(1)
-    Trainer(cfg, out, progress=False, log=lambda *a: None).train()
-    return out
+    Trainer.stack(jobs, progress=False, log=lambda *a: None).train()
+    return ", ".join(o for _, o in jobs)
 
 
 def _finished(out: Path, cfg: dict) -> bool:
@@ -213,26 +214,37 @@ def _stop_on_sigterm():
             signal.signal(sig, handler)
 
 
-def _run_all(jobs: list[tuple[dict, Path]], workers: int, log) -> None:
-    """Train each (cfg, out) in its own process, ``workers`` at a time; finished ones are reused. Killing
-    the sweep leaves no worker behind: SIGTERM/SIGINT terminate the pool, and each worker dies with the
-    sweep process (PR_SET_PDEATHSIG) if it is SIGKILLed."""
+def _run_all(jobs: list[tuple[dict, Path]], workers: int, log, stack: bool = True) -> None:
+    """Train the (cfg, out) jobs, finished ones reused: the others grouped into as few stacks as their
+    shapes allow (``train.stack_groups``: one stacked model per group, each run still writing its own
+    folder; ``stack=False``: one run per stack), each stack in its own process, ``workers`` at a time.
+    With fewer stacks than workers the largest stacks are split in halves (a stack of this model's
+    size is compute-bound beyond a few members, so a second core does more than a larger stack).
+    Killing the sweep leaves no worker behind: SIGTERM/SIGINT terminate the pool, and each worker dies with
+    the sweep process (PR_SET_PDEATHSIG) if it is SIGKILLed."""
     todo = [(c, o) for c, o in jobs if not _finished(o, c)]
     for c, o in jobs:
         if (c, o) not in todo:
             log(f"  reusing finished run {o}")
     if not todo:
         return
+    stacks = stack_groups(todo) if stack else [[job] for job in todo]
+    while len(stacks) < workers and max(map(len, stacks)) > 1:  # keep every worker busy: split the largest
+        big = max(stacks, key=len)
+        stacks.remove(big)
+        stacks += [big[:len(big) // 2], big[len(big) // 2:]]
+    if len(stacks) < len(todo):
+        log(f"  {len(todo)} runs in {len(stacks)} stack(s)")
     from tqdm.auto import tqdm
     ctx = mp.get_context("spawn")
-    with _stop_on_sigterm(), ctx.Pool(min(workers, len(todo)), initializer=_die_with_parent,
+    with _stop_on_sigterm(), ctx.Pool(min(workers, len(stacks)), initializer=_die_with_parent,
                                       initargs=(os.getpid(),)) as pool, \
             tqdm(total=len(todo), unit="run", desc="trainings") as bar:
         try:
-            pending = [pool.apply_async(_train_worker, (c, str(o))) for c, o in todo]
-            for p in pending:
+            pending = [(len(g), pool.apply_async(_train_worker, ([(c, str(o)) for c, o in g],))) for g in stacks]
+            for n, p in pending:
                 out = p.get()
-                bar.update(1)
+                bar.update(n)
                 bar.write(f"  finished {out}")
         except BaseException:
             pool.terminate()
@@ -306,12 +318,15 @@ def _base_config(config) -> dict:
 
 
 def clamp_sweep(config=None, out: str | Path = "results/clamp-sweep", seeds=(0, 1, 2), sequences: int = 600_000,
-                conditions: list[str] | None = None, workers: int = 2, log=print) -> pd.DataFrame:
+                conditions: list[str] | None = None, workers: int = 2, log=print, stack: bool = True) -> pd.DataFrame:
     """Train each subcircuit-clamp condition (``CONDITIONS``) as an ensemble over ``seeds`` and compare the
     time to the phase change (train loss below ``eval.phase_threshold``, by default 0.4 ln 2).
 
     Graft conditions graft from the frozen final model of the unclamped run (member r into member r),
-    so "none" trains first. Writes phase_change.csv, loss_curves.png and report.html.
+    so "none" trains first. The conditions of each stage train stacked into one model (``stack``, the
+    default; each member under its own condition's clamps, each condition still its own run folder;
+    ``stack=False``: one process per condition, as before). Writes phase_change.csv, loss_curves.png and
+    report.html.
     """
     conditions = list(conditions or CONDITIONS)
     unknown = [c for c in conditions if c not in CONDITIONS]
@@ -325,12 +340,12 @@ def clamp_sweep(config=None, out: str | Path = "results/clamp-sweep", seeds=(0, 
     out = Path(out)
     with ResultsDir(out, {"command": "clamp-sweep", "base": base, "conditions": conditions},
                     command="clamp-sweep") as res:
-        table = _clamp_sweep(res, out, base, conditions, seeds, sequences, workers, log)
+        table = _clamp_sweep(res, out, base, conditions, seeds, sequences, workers, log, stack)
         res.mark_finished()
     return table
 
 
-def _clamp_sweep(res, out, base, conditions, seeds, sequences, workers, log) -> pd.DataFrame:
+def _clamp_sweep(res, out, base, conditions, seeds, sequences, workers, log, stack=True) -> pd.DataFrame:
     needs_none = any("@none" in json.dumps(CONDITIONS[c]) for c in conditions)
     if needs_none and "none" not in conditions:
         conditions = ["none"] + conditions
@@ -345,8 +360,8 @@ def _clamp_sweep(res, out, base, conditions, seeds, sequences, workers, log) -> 
     first = [c for c in conditions if "@none" not in json.dumps(CONDITIONS[c])]
     later = [c for c in conditions if c not in first]
     log(f"clamp sweep: {len(conditions)} conditions x {len(seeds)} seeds x {sequences:,} sequences -> {out}/")
-    _run_all([(cfg_for(c), out / c) for c in first], workers, log)
-    _run_all([(cfg_for(c), out / c) for c in later], workers, log)
+    _run_all([(cfg_for(c), out / c) for c in first], workers, log, stack)
+    _run_all([(cfg_for(c), out / c) for c in later], workers, log, stack)
     thr = float(base["eval"]["phase_threshold"])
     curves = {c: _curves(out / c, base["train"]["seeds"]) for c in conditions}
     table = pd.DataFrame([_phase_rows(c, curves[c], seeds, thr) for c in conditions])
@@ -369,9 +384,12 @@ def _clamp_sweep(res, out, base, conditions, seeds, sequences, workers, log) -> 
 
 
 def data_sweep(config=None, vary: str = "labels=5,10,15", out: str | Path = "results/data-sweep", seeds=(0, 1),
-               sequences: int | None = None, workers: int = 2, log=print) -> pd.DataFrame:
+               sequences: int | None = None, workers: int = 2, log=print, stack: bool = True) -> pd.DataFrame:
     """Phase-change time against one data property: ``vary`` is NAME=v1,v2,... with NAME one of labels,
-    classes, burstiness, context (or any dotted config key such as data.exemplar_noise)."""
+    classes, burstiness, context (or any dotted config key such as data.exemplar_noise). Values that keep
+    the model's shape (classes, burstiness, noise, learning rate) train stacked into one model
+    (``stack``); values that change it (labels: the label vocabulary; context: the sequence length) go
+    into separate stacks, automatically."""
     name, sep, values = vary.partition("=")
     if not sep or not values:
         raise IclscopeError(f"--vary {vary!r}: expected NAME=v1,v2,... e.g. labels=5,10,15")
@@ -396,14 +414,14 @@ def data_sweep(config=None, vary: str = "labels=5,10,15", out: str | Path = "res
         jobs.append((validate_config(cfg), out / safe_name(f"{name}={v}")))  # a user value: never a path
     with ResultsDir(out, {"command": "data-sweep", "base": base, "vary": key, "values": vals},
                     command="data-sweep") as res:
-        table = _data_sweep(res, out, base, name, key, vals, jobs, seeds, workers, log)
+        table = _data_sweep(res, out, base, name, key, vals, jobs, seeds, workers, log, stack)
         res.mark_finished()
     return table
 
 
-def _data_sweep(res, out, base, name, key, vals, jobs, seeds, workers, log) -> pd.DataFrame:
+def _data_sweep(res, out, base, name, key, vals, jobs, seeds, workers, log, stack=True) -> pd.DataFrame:
     log(f"data sweep over {key} = {vals}: {len(vals)} runs x {len(seeds)} seeds -> {out}/")
-    _run_all(jobs, workers, log)
+    _run_all(jobs, workers, log, stack)
     thr = float(base["eval"]["phase_threshold"])
     curves = {f"{name}={v}": _curves(o, base["train"]["seeds"]) for v, (_, o) in zip(vals, jobs)}
     table = pd.DataFrame([_phase_rows(k, c, seeds, thr) for k, c in curves.items()])

@@ -6,7 +6,9 @@ classification feeds exemplar vectors at some positions and label tokens at othe
 
 Ensembles. Every weight has a leading axis of size R (``n_models``): R independent models trained side
 by side, each op one batched op for all of them (one optimizer step updates all; Adam is elementwise,
-so this is exactly R separate runs). R=1 is the ordinary model. Inputs and hook values fold the models
+so this is exactly R separate runs). R=1 is the ordinary model. The members may be different runs (a
+sweep's conditions stacked into one model: ``train.trainer.Trainer.stack``), under different clamps
+(interventions' ``members``). Inputs and hook values fold the models
 into the batch: rows r*B .. r*B+B-1 belong to model r.
 
 Hook points (B' = R*B rows, T positions, H heads, D d_head), called through ``self.hooks``:
@@ -322,6 +324,29 @@ class TinyModel(Model):
         single = TinyModel(self.cfg, seed=0)
         single.module.load_state_dict({k: v[r:r + 1].detach().clone() for k, v in self.module.state_dict().items()})
         return single.to(self.device)
+
+    def members(self, indices) -> "TinyModel":
+        """Members ``indices`` (a list or range) of an ensemble as an ensemble of their own, in that order
+        (weights copied): e.g. one run's seeds out of a stacked model of several runs."""
+        idx = [int(i) for i in indices]
+        if not idx or min(idx) < 0 or max(idx) >= self.n_models:
+            raise IclscopeError(f"members {idx} are out of range: the ensemble has {self.n_models} models")
+        sub = TinyModel(self.cfg, seeds=[0] * len(idx))
+        sel = torch.tensor(idx, dtype=torch.long)
+        sub.module.load_state_dict({k: v.detach().index_select(0, sel.to(v.device)).clone()
+                                    for k, v in self.module.state_dict().items()})
+        return sub.to(self.device)
+
+    @classmethod
+    def stacked(cls, parts: list) -> "TinyModel":
+        """One ensemble of the members of ``parts`` (TinyModels of one config), in order (weights copied)."""
+        cfgs = {asdict(p.cfg).__repr__() for p in parts}
+        if len(cfgs) != 1:
+            raise IclscopeError("models of different configs cannot be stacked into one ensemble")
+        out = TinyModel(parts[0].cfg, seeds=[0] * sum(p.n_models for p in parts))
+        states = [p.module.state_dict() for p in parts]
+        out.module.load_state_dict({k: torch.cat([s[k].detach().cpu() for s in states]) for k in states[0]})
+        return out.to(parts[0].device)
 
     def to(self, device=None, dtype=None) -> "TinyModel":
         self.module.to(device=device, dtype=dtype)

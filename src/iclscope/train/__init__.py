@@ -19,9 +19,9 @@ from .config import (CONFIG_DIR, DATA_KEYS, DATA_KINDS, DEFAULT_CONFIG, EVAL_DEF
 from .objectives import OBJECTIVES, FewShotObjective, MixtureObjective, Objective, repeated_vectors
 from .phase import detect_phase_change
 from .rundir import RunDir
-from .trainer import Trainer, TrainingDiverged, train
+from .trainer import Trainer, TrainingDiverged, stack_groups, stack_key, train
 
 __all__ = ["CLAMP_KEYS", "CLAMP_KINDS", "CONFIG_DIR", "DATA_KEYS", "DATA_KINDS", "DEFAULT_CONFIG", "EVAL_DEFAULTS",
            "MODEL_KEYS", "OBJECTIVES", "TRAIN_DEFAULTS", "Clamps", "FewShotObjective", "MixtureObjective", "Objective",
-           "RunDir", "Trainer", "TrainingDiverged", "data_config", "detect_phase_change", "load_config", "model_config",
+           "RunDir", "Trainer", "TrainingDiverged", "stack_groups", "stack_key", "data_config", "detect_phase_change", "load_config", "model_config",
            "repeated_vectors", "token_layout", "train", "validate_config"]

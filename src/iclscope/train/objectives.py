@@ -245,5 +245,30 @@ class MixtureObjective(Objective):
                     out[r]["conflict_copy"] = float(copied[r])
 
 
+def stack_objectives(parts: list[Objective]) -> Objective:
+    """One objective over the members of several runs' objectives (one kind; their batches and evaluation
+    sets of the same shapes): member j of the result is member j of the parts laid end to end. Its
+    evaluation sets are the parts' own, concatenated (each run keeps its own data: labels, classes,
+    burstiness), so every member is measured exactly as if it trained alone; ``member_objectives`` lists,
+    per member, the part that samples its training batches. One part is returned as it is."""
+    import copy
+
+    if len({type(p) for p in parts}) != 1:
+        raise ValueError("objectives of different data kinds cannot be stacked")
+    if len(parts) == 1:
+        out = parts[0]
+        out.member_objectives = [out] * out.R
+        return out
+    out = copy.copy(parts[0])
+    out.R = sum(p.R for p in parts)
+    out.eval_sets = {k: concat_batches([p.eval_sets[k] for p in parts]) for k in parts[0].eval_sets}
+    out.rep_inputs = {k: torch.cat([p.rep_inputs[k] for p in parts]) for k in parts[0].rep_inputs}
+    out.rep_ids = torch.cat([p.rep_ids for p in parts])
+    if hasattr(parts[0], "train_eval"):
+        out.train_eval = concat_batches([p.train_eval for p in parts])
+    out.member_objectives = [p for p in parts for _ in range(p.R)]
+    return out
+
+
 # data.kind -> objective class. A new data kind: one Objective subclass and one line here.
 OBJECTIVES: dict[str, type[Objective]] = {o.kind: o for o in (FewShotObjective, MixtureObjective)}

@@ -92,14 +92,21 @@ class RunDir:
 
     # ------------------------------------------------------------------ training state
     def save_state(self, module: torch.nn.Module, opt: torch.optim.Optimizer, gens: list[torch.Generator],
-                   step: int, running: tuple) -> None:
+                   step: int, running: tuple, members: slice | None = None) -> None:
         """Weights, optimizer state, data RNG states, step and the running loss (sums, count): RUN/state is
-        replaced whole (a temporary folder renamed into place)."""
-        weights = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        replaced whole (a temporary folder renamed into place). ``members``: this run's slice of a stacked
+        model (every weight and Adam moment has the ensemble axis first); the files are those of the run
+        trained alone."""
+        sl = members if members is not None else slice(None)
+        weights = {k: v.detach()[sl].contiguous().cpu() for k, v in module.state_dict().items()}
         opt_state = {}
         for i, p in enumerate(module.parameters()):
             for k, v in opt.state.get(p, {}).items():
-                opt_state[f"{i}.{k}"] = (v.detach().contiguous().cpu() if torch.is_tensor(v) else torch.tensor(v))
+                if torch.is_tensor(v):
+                    v = v.detach()[sl] if v.dim() else v.detach()
+                    opt_state[f"{i}.{k}"] = v.contiguous().cpu()
+                else:
+                    opt_state[f"{i}.{k}"] = torch.tensor(v)
         meta = {"step": step, "running": list(running),
                 "gens": [base64.b64encode(g.get_state().numpy().tobytes()).decode() for g in gens]}
 
@@ -111,16 +118,32 @@ class RunDir:
 
         store.write_folder_atomically(self.out / "state", fill)
 
+    def saved_step(self) -> int | None:
+        """The step of the saved training state (None: none saved)."""
+        d = self.out / "state"
+        store.recover_folder(d)
+        try:
+            return int(json.loads((d / "state.json").read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def load_state(self, module: torch.nn.Module, opt: torch.optim.Optimizer,
-                   gens: list[torch.Generator]) -> tuple[int, tuple] | None:
-        """Restore a saved state into module, opt and gens; returns (step, running), or None if none."""
+                   gens: list[torch.Generator], members: slice | None = None) -> tuple[int, tuple] | None:
+        """Restore a saved state into module, opt and gens; returns (step, running), or None if none.
+        ``members``: this run's slice of a stacked model (as in ``save_state``)."""
         d = self.out / "state"
         store.recover_folder(d)
         if not (d / "state.json").exists():
             return None
         try:
             meta = json.loads((d / "state.json").read_text())
-            module.load_state_dict(load_file(str(d / "model.safetensors")))
+            weights = load_file(str(d / "model.safetensors"))
+            if members is None:
+                module.load_state_dict(weights)
+            else:
+                with torch.no_grad():
+                    for k, v in module.state_dict().items():
+                        v[members] = weights[k].to(v.device, v.dtype)
             flat = load_file(str(d / "optim.safetensors"))
         except Exception as e:  # cannot happen with whole-folder renames; say so in one line if it does
             raise IclscopeError(f"{d}: the saved training state is unreadable ({type(e).__name__}: "
@@ -128,7 +151,14 @@ class RunDir:
         params = list(module.parameters())
         for key, v in flat.items():
             i, k = key.split(".", 1)
-            opt.state[params[int(i)]][k] = v
+            p = params[int(i)]
+            if members is None or not v.dim():
+                opt.state[p][k] = v
+            else:  # fill this run's slice of the stacked moment (zeros until every run has filled its own)
+                full = opt.state[p].get(k)
+                if full is None or full.shape != p.shape:
+                    full = opt.state[p][k] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                full[members] = v.to(full.device, full.dtype)
         for g, s in zip(gens, meta["gens"]):
             g.set_state(torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8))
         return int(meta["step"]), tuple(meta["running"])

@@ -10,8 +10,10 @@ unless ``eval.clamps = false``.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +23,7 @@ from ..errors import IclscopeError
 from ..models.tiny import TinyModel
 from .clamps import Clamps
 from .config import data_config, model_config, validate_config
-from .objectives import EVAL_SEED, OBJECTIVES, concat_batches
+from .objectives import EVAL_SEED, OBJECTIVES, concat_batches, stack_objectives
 from .phase import detect_phase_change
 from .rundir import RunDir
 
@@ -34,49 +36,164 @@ class TrainingDiverged(IclscopeError):
     exit_code = 1
 
 
+def stack_key(cfg: dict) -> str:
+    """What runs of one stack must share (two validated configs with the same key train as one stacked
+    model): the model's shape (width, layers, label vocabulary, input size, context), the data kind and
+    sequence length, and every [train] and [eval] setting but the seeds, the learning rate and the
+    thread count. The clamps, the other data settings (classes, burstiness, noise, ...) and the learning
+    rate may differ member by member."""
+    data = data_config(cfg)
+    train_keys = {k: v for k, v in cfg["train"].items() if k not in ("seeds", "lr", "threads")}
+    return json.dumps({"model": asdict(model_config(cfg)), "kind": cfg["data"]["kind"], "seq_len": data.seq_len,
+                       "train": train_keys, "eval": cfg["eval"]}, sort_keys=True, default=str)
+
+
+def stack_groups(jobs: list[tuple[dict, Path]]) -> list[list[tuple[dict, Path]]]:
+    """Jobs (validated config, run folder) grouped into as few stacks as their shapes allow (``stack_key``),
+    and, among runs that resume, the same saved step (a stack resumes all its runs at one step). Order
+    is kept within a group."""
+    groups: dict = {}
+    for cfg, out in jobs:
+        saved = None
+        state = Path(out) / "state" / "state.json"
+        if state.exists():
+            try:
+                saved = int(json.loads(state.read_text())["step"])
+            except (OSError, ValueError, KeyError, TypeError):
+                saved = None
+        groups.setdefault((stack_key(cfg), saved), []).append((cfg, Path(out)))
+    return list(groups.values())
+
+
+class _Run:
+    """One run of a stack: its config, folder, seeds and members (``lo`` .. ``lo + R - 1`` of the model)."""
+
+    def __init__(self, cfg: dict, out: Path, lo: int):
+        self.cfg, self.out = cfg, Path(out)
+        self.seeds = list(cfg["train"]["seeds"])
+        self.R, self.lo = len(self.seeds), lo
+        self.members = slice(lo, lo + self.R)
+        self.run_dir: RunDir | None = None
+
+
 class Trainer:
-    """Train one config (an ensemble over its seeds) into a run folder; resumes where it stopped.
+    """Train one config (an ensemble over its seeds) into a run folder, or several runs stacked into one
+    model (``Trainer.stack``); resumes where it stopped.
 
     Everything that can refuse the config (validation, data and features, model, clamps, evaluation sets)
     runs before the run folder is opened, so a refused config writes nothing. The folder (``RunDir``) is
-    then open and locked until ``train()`` returns or raises (or ``close()``)."""
+    then open and locked until ``train()`` returns or raises (or ``close()``).
+
+    Stacks. ``Trainer.stack([(cfg, out), ...])`` trains several runs of one shape (``stack_key``) as one
+    ensemble: run i owns members lo_i .. lo_i + R_i - 1 (its seeds, initialised as when alone), its own
+    data (a generator per seed, its own evaluation sets), its own clamps (addressing its members) and its
+    own learning rate; each op of a step is one batched op for all members, so the per-op overhead that
+    dominates a model this small is paid once per stack. Each run writes its own folder exactly as when
+    trained alone (state/ holds its slice of the weights and Adam moments), so a run of a stack and the
+    same run alone give the same metrics (to float rounding) and resume alike.
+
+    Per-member learning rate: Adam and AdamW are elementwise and their update is linear in the learning
+    rate (AdamW: p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p)), so one step at the largest rate L
+    followed by scaling each member's change by lr_i / L is that member's step at lr_i exactly (up to float
+    rounding); the moments do not depend on the rate. Equal rates skip the scaling."""
 
     def __init__(self, cfg: dict, out: str | Path, progress: bool = True, log=print):
-        self.cfg = validate_config(cfg)
+        self._setup([(cfg, out)], progress, log)
+
+    @classmethod
+    def stack(cls, jobs: list[tuple[dict, str | Path]], progress: bool = True, log=print) -> "Trainer":
+        """A trainer of several runs (config, folder) stacked into one model; they must share
+        ``stack_key`` (``stack_groups`` groups jobs that way). ``train()`` returns every run's summaries,
+        run after run."""
+        t = cls.__new__(cls)
+        t._setup(list(jobs), progress, log)
+        return t
+
+    def _setup(self, jobs, progress, log) -> None:
+        if not jobs:
+            raise IclscopeError("Trainer.stack: no runs given")
+        cfgs = [validate_config(c) for c, _ in jobs]
+        outs = [Path(o) for _, o in jobs]
+        if len({str(o.resolve()) for o in outs}) != len(outs):
+            raise IclscopeError("Trainer.stack: two runs of the stack have the same folder")
+        key = stack_key(cfgs[0])
+        for c, o in zip(cfgs[1:], outs[1:]):
+            if stack_key(c) != key:
+                raise IclscopeError(f"Trainer.stack: run {o} differs from {outs[0]} in shape or settings (model, "
+                                    f"data kind or length, train/eval settings); train it in another stack")
+        self.cfg = cfgs[0]
         self.progress, self.log = progress, log
+        self.runs: list[_Run] = []
+        lo = 0
+        for c, o in zip(cfgs, outs):
+            self.runs.append(_Run(c, o, lo))
+            lo += self.runs[-1].R
         t, e = self.cfg["train"], self.cfg["eval"]
-        self.seeds = list(t["seeds"])
+        self.seeds = [s for run in self.runs for s in run.seeds]
         self.R = len(self.seeds)
-        self.out = Path(out)
+        self.out = outs[0]
         torch.set_num_threads(int(t["threads"]))
-        self.objective = OBJECTIVES[self.cfg["data"]["kind"]](data_config(self.cfg), self.R)
+        kind = self.cfg["data"]["kind"]
+        parts = [OBJECTIVES[kind](data_config(run.cfg), run.R) for run in self.runs]
         self.model = TinyModel(model_config(self.cfg), seeds=self.seeds)
         self.model.module.train()
+        lrs = [float(run.cfg["train"]["lr"]) for run in self.runs for _ in run.seeds]
+        top = max(lrs)
+        self.lr_scale = None if len(set(lrs)) == 1 else torch.tensor([x / top for x in lrs])
         opt_cls = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
-        self.opt = opt_cls(self.model.module.parameters(), lr=float(t["lr"]), betas=tuple(t["betas"]),
+        self.opt = opt_cls(self.model.module.parameters(), lr=top, betas=tuple(t["betas"]),
                            eps=float(t["eps"]), weight_decay=float(t["weight_decay"]), fused=True)
         self.B = int(t["batch_size"])
         self.total_steps = int(math.ceil(int(t["sequences"]) / self.B))
         self.gens = [torch.Generator().manual_seed(int(s)) for s in self.seeds]
-        self.clamps = Clamps(self.cfg["clamp"], self.model, self.out)
-        self.objective.build_eval_sets(int(e["batch"]), int(e["induction_len"]),
-                                       torch.Generator().manual_seed(EVAL_SEED))
+        sources: dict = {}
+        whole = len(self.runs) == 1
+        self.clamps = Clamps.merge([Clamps(run.cfg["clamp"], self.model, run.out,
+                                           members=None if whole else list(range(run.lo, run.lo + run.R)),
+                                           sources=sources) for run in self.runs])
+        for part in parts:  # each run's own evaluation sets, from the same generator seed as when alone
+            part.build_eval_sets(int(e["batch"]), int(e["induction_len"]), torch.Generator().manual_seed(EVAL_SEED))
+        self.objective = stack_objectives(parts)
         self.saved_step = None
-        self.run_dir = RunDir(self.out, self.cfg, self.seeds)  # last: the first write
+        opened = []
+        try:
+            for run in self.runs:  # last: the first writes
+                run.run_dir = RunDir(run.out, run.cfg, run.seeds)
+                opened.append(run.run_dir)
+        except BaseException:
+            for rd in opened:
+                rd.close()
+            raise
+        self.run_dir = self.runs[0].run_dir
 
     def close(self) -> None:
-        """Release the run folder's lock (``train()`` does this itself)."""
-        self.run_dir.close()
+        """Release the run folders' locks (``train()`` does this itself)."""
+        for run in self.runs:
+            run.run_dir.close()
 
     # ------------------------------------------------------------------ steps
     def sample(self):
-        """One training batch per member from its own generator, concatenated: (R*B, ...)."""
-        batches = [self.objective.sample(self.B, g) for g in self.gens]
+        """One training batch per member from its own generator (and its run's data), concatenated: (R*B, ...)."""
+        objs = self.objective.member_objectives
+        batches = [o.sample(self.B, g) for o, g in zip(objs, self.gens)]
         return concat_batches(batches) if self.R > 1 else batches[0]
 
     def loss(self, batch) -> torch.Tensor:
         """(R,) each member's mean training loss (the objective's); their sum trains every member on its own."""
         return self.objective.loss(self.model, batch, self.clamps)
+
+    def step_optimizer(self, params: list[torch.Tensor]) -> None:
+        """One optimizer step; with per-member learning rates, each member's change scaled to its own rate
+        (see the class docstring)."""
+        if self.lr_scale is None:
+            self.opt.step()
+            return
+        before = [p.detach().clone() for p in params]
+        self.opt.step()
+        with torch.no_grad():
+            for p, b in zip(params, before):
+                scale = self.lr_scale.to(p.device, p.dtype).view(-1, *([1] * (p.dim() - 1)))
+                p.copy_(torch.addcmul(b, p - b, scale))
 
     @torch.no_grad()
     def evaluate(self) -> list[dict]:
@@ -105,51 +222,72 @@ class Trainer:
         return steps
 
     def train(self) -> list[dict]:
-        """Train to the end (resuming from a saved state); returns one summary per member. A finished run
-        of the same config is reused (nothing trained); see ``rundir`` for extending a finished run.
-        Raises TrainingDiverged (one line naming the step) if the loss or the weights stop being finite."""
-        rd = self.run_dir
+        """Train to the end (resuming from a saved state); returns one summary per member (run after run in
+        a stack). A finished run of the same config is reused (nothing trained); see ``rundir`` for
+        extending a finished run. Raises TrainingDiverged (one line naming the step) if the loss or the
+        weights stop being finite."""
         try:
-            if rd.status == "reused":
-                self.log(f"reusing finished run {self.out} (same config; nothing trained)")
-                summaries = [rd.read_summary(r) for r in range(self.R)]
-                rd.mark_finished()
+            status = [run.run_dir.status for run in self.runs]
+            if all(s == "reused" for s in status):
+                summaries = []
+                for run in self.runs:
+                    self.log(f"reusing finished run {run.out} (same config; nothing trained)")
+                    summaries += [run.run_dir.read_summary(r) for r in range(run.R)]
+                    run.run_dir.mark_finished()
                 return summaries
-            if rd.status == "extended":
-                self.log(f"extending finished run {self.out} from {rd.extended_from:,} to "
-                         f"{self.cfg['train']['sequences']:,} sequences")
+            if "reused" in status:
+                done = [str(run.out) for run, s in zip(self.runs, status) if s == "reused"]
+                raise IclscopeError(f"Trainer.stack: {', '.join(done)} already finished with this config; leave "
+                                    f"finished runs out of a stack (nothing was changed)")
+            for run in self.runs:
+                if run.run_dir.status == "extended":
+                    self.log(f"extending finished run {run.out} from {run.run_dir.extended_from:,} to "
+                             f"{run.cfg['train']['sequences']:,} sequences")
             summaries = self._train()
-            rd.mark_finished()  # last: the run is complete
+            for run in self.runs:
+                run.run_dir.mark_finished()  # last: the run is complete
             return summaries
         finally:
-            rd.close()
+            self.close()
+
+    def _slice(self, run: _Run) -> slice | None:
+        return None if len(self.runs) == 1 else run.members
 
     def _train(self) -> list[dict]:
         from tqdm.auto import tqdm
 
-        rd = self.run_dir
         self.step = 0
-        loaded = rd.load_state(self.model.module, self.opt, self.gens)
-        if loaded:
-            self.step, running = loaded
+        loaded = [run.run_dir.load_state(self.model.module, self.opt, self.gens[run.members], self._slice(run))
+                  for run in self.runs]
+        steps = {None if x is None else x[0] for x in loaded}
+        if len(steps) != 1:
+            raise IclscopeError("Trainer.stack: the runs' saved states are at different steps ("
+                                + ", ".join(f"{run.out}: {x[0] if x else 'none'}" for run, x in zip(self.runs, loaded))
+                                + "); train them in separate stacks (lab sweeps do)")
+        if loaded[0]:
+            self.step = loaded[0][0]
             self.saved_step = self.step
+            sums = [v for run, x in zip(self.runs, loaded)
+                    for v in torch.tensor(x[1][0], dtype=torch.float64).reshape(-1).expand(run.R).tolist()]
+            running = (sums, loaded[0][1][1])
         else:
             running = ([0.0] * self.R, 0)
         resumed = self.step
         if resumed:
-            self.log(f"resuming {self.out} at step {resumed} of {self.total_steps}")
+            self.log(f"resuming {', '.join(str(run.out) for run in self.runs)} at step {resumed} of {self.total_steps}")
         every = max(1, int(self.cfg["eval"]["every"]))
         ckpts = self.checkpoint_steps()
-        rows = [rd.read_metrics(r, keep_until=resumed if loaded else None) for r in range(self.R)]
-        writers = rd.event_writers(resumed)
-        loss_sum, loss_n = torch.tensor(running[0], dtype=torch.float64).reshape(-1).expand(self.R).clone(), running[1]
+        rows = [run.run_dir.read_metrics(r, keep_until=resumed if loaded[0] else None)
+                for run in self.runs for r in range(run.R)]
+        writers = [w for run in self.runs for w in run.run_dir.event_writers(resumed)]
+        loss_sum, loss_n = torch.tensor(running[0], dtype=torch.float64), running[1]
         params = list(self.model.module.parameters())
         t0 = time.time()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=None if self.progress else True, unit="step",
                    desc=self.cfg.get("name", "train"), dynamic_ncols=True, mininterval=1.0)
         try:
             with self.model.intervene(self.clamps.static):
-                if not loaded:  # a state saved at step 0 already has its step-0 row and checkpoint
+                if not loaded[0]:  # a state saved at step 0 already has its step-0 row and checkpoint
                     self._evaluate_and_log(rows, writers, None, ckpts)
                     self._save_state(([0.0] * self.R, 0))
                 while self.step < self.total_steps:
@@ -159,7 +297,7 @@ class Trainer:
                         raise self._diverged("the training loss is", losses.detach())
                     self.opt.zero_grad(set_to_none=True)
                     losses.sum().backward()
-                    self.opt.step()
+                    self.step_optimizer(params)
                     if not bool(torch.isfinite(torch.stack([p.detach().sum() for p in params])).all()):
                         raise self._diverged("a weight became", None)
                     self.step += 1
@@ -179,57 +317,73 @@ class Trainer:
             bar.close()
             for w in writers:
                 w.close()
-        rd.save_final(self.model, self.step, self.objective.token_layout)
-        return [self._summarize(r, rows[r], time.time() - t0, resumed) for r in range(self.R)]
+        for run in self.runs:
+            run.run_dir.save_final(self._sub(run), self.step, self.objective.token_layout)
+        seconds = time.time() - t0
+        return [self._summarize(run, r, rows[run.lo + r], seconds, resumed) for run in self.runs for r in range(run.R)]
+
+    def _sub(self, run: _Run) -> TinyModel:
+        """The run's members as a model of their own (the model itself when the stack is one run)."""
+        return self.model if len(self.runs) == 1 else self.model.members(range(run.lo, run.lo + run.R))
 
     def _diverged(self, what: str, losses: torch.Tensor | None) -> TrainingDiverged:
         step = self.step + 1
+        stacked = len(self.runs) > 1
         if losses is not None:
-            bad = [f"{v} (seed {s})" for v, s in zip(losses.reshape(-1).tolist(), self.seeds) if not math.isfinite(v)]
+            names = [f"seed {s}" + (f" of {run.out}" if stacked else "") for run in self.runs for s in run.seeds]
+            bad = [f"{v} ({n})" for v, n in zip(losses.reshape(-1).tolist(), names) if not math.isfinite(v)]
             what = f"{what} {', '.join(bad)}"
         else:
             what = f"{what} non-finite after the optimizer step"
         kept = (f"the last good state (step {self.saved_step}) and its checkpoints are kept"
                 if self.saved_step is not None else "no state was saved yet")
+        where = ", ".join(str(run.out) for run in self.runs)
         return TrainingDiverged(f"training diverged at step {step} of {self.total_steps}: {what}; stopped, nothing "
-                                f"non-finite was written; {kept} in {self.out}: lower train.lr and train into a "
+                                f"non-finite was written; {kept} in {where}: lower train.lr and train into a "
                                 f"new --out")
 
     def _save_state(self, running: tuple) -> None:
-        self.run_dir.save_state(self.model.module, self.opt, self.gens, self.step, running)
+        sums, n = running
+        for run in self.runs:
+            run.run_dir.save_state(self.model.module, self.opt, self.gens[run.members], self.step,
+                                   (sums[run.members], n), members=self._slice(run))
         self.saved_step = self.step
 
     def _evaluate_and_log(self, rows, writers, train_loss, ckpts) -> None:
         measures = self.evaluate()
-        for r in range(self.R):
-            row = {"step": self.step, "sequences": self.step * self.B,
-                   "train_loss": train_loss[r] if train_loss is not None else measures[r]["train_eval_loss"],
-                   **measures[r]}
-            rows[r].append(row)
-            self.run_dir.append_metrics(r, row)
-            for k, v in row.items():
-                if k not in ("step", "sequences") and v is not None and math.isfinite(v):
-                    writers[r].add_scalar(k, v, self.step)
-            writers[r].flush()
+        for run in self.runs:
+            for r in range(run.R):
+                j = run.lo + r
+                row = {"step": self.step, "sequences": self.step * self.B,
+                       "train_loss": train_loss[j] if train_loss is not None else measures[j]["train_eval_loss"],
+                       **measures[j]}
+                rows[j].append(row)
+                run.run_dir.append_metrics(r, row)
+                for k, v in row.items():
+                    if k not in ("step", "sequences") and v is not None and math.isfinite(v):
+                        writers[j].add_scalar(k, v, self.step)
+                writers[j].flush()
         if self.step in ckpts:
             self._save_checkpoints()
 
     def _save_checkpoints(self) -> None:
-        self.run_dir.save_checkpoints(self.model, self.step, self.step * self.B, self.cfg, self.objective.token_layout)
+        for run in self.runs:
+            run.run_dir.save_checkpoints(self._sub(run), self.step, self.step * self.B, run.cfg,
+                                         self.objective.token_layout)
 
-    def _summarize(self, r: int, rows: list[dict], seconds: float, resumed: int) -> dict:
+    def _summarize(self, run: _Run, r: int, rows: list[dict], seconds: float, resumed: int) -> dict:
         df = pd.DataFrame(rows)
         last = df.iloc[-1].to_dict()
-        thr = self.objective.phase_threshold(self.cfg["eval"])
+        thr = self.objective.phase_threshold(run.cfg["eval"])
         phase = detect_phase_change(df.sequences, df.train_loss, df.step, thr)
         strengths = {k: v for k, v in last.items() if k.startswith("ind_strength_")}
-        summary = {"seed": self.seeds[r], "steps": int(last["step"]), "sequences": int(last["sequences"]),
+        summary = {"seed": run.seeds[r], "steps": int(last["step"]), "sequences": int(last["sequences"]),
                    "final": {k: v for k, v in last.items() if k.endswith(("_loss", "_acc"))},
                    "induction_strength": strengths,
                    "heads_strength_above_0.3": int(sum(v > 0.3 for v in strengths.values())),
                    "phase_change": phase, "seconds_this_session": round(seconds, 1), "resumed_from_step": resumed,
-                   "ensemble_size": self.R}
-        self.run_dir.write_summary(r, summary)
+                   "ensemble_size": run.R}
+        run.run_dir.write_summary(r, summary)
         return summary
 
 
