@@ -14,6 +14,7 @@ exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 
@@ -128,7 +129,7 @@ def _cmd_clamp_sweep(args) -> int:
     from .experiments.lab import clamp_sweep
 
     clamp_sweep(args.config, out=args.out, seeds=args.seeds, sequences=args.sequences, conditions=args.conditions,
-                workers=args.workers)
+                workers=args.workers, stack=not args.no_stack)
     return 0
 
 
@@ -136,7 +137,7 @@ def _cmd_data_sweep(args) -> int:
     from .experiments.lab import data_sweep
 
     data_sweep(args.config, vary=args.vary, out=args.out, seeds=args.seeds, sequences=args.sequences,
-               workers=args.workers)
+               workers=args.workers, stack=not args.no_stack)
     return 0
 
 
@@ -265,6 +266,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="iclscope", description="Find, score, ablate and grow the attention heads behind in-context "
                "learning. Fractions are given as fractions (0.05 is 5 % of the heads), never as percents.")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress log lines")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     d = sub.add_parser("demo", help="the main job on built-in defaults (nothing downloaded)")
@@ -300,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--conditions", type=condition_list, default=None, help="comma-separated subset of: "
                    f"{', '.join(CONDITIONS)} (default: all)")
     c.add_argument("--workers", type=positive_int, default=2, help="trainings at a time (one CPU thread each)")
+    c.add_argument("--no-stack", action="store_true", help="one process per run, as before stacking (default: "
+                    "runs of one shape train as one stacked model)")
     c.set_defaults(fn=_cmd_clamp_sweep)
 
     ds = sub.add_parser("data-sweep", help="phase-change time against a data property")
@@ -311,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--sequences", type=positive_count, default=None, help="training sequences per run, e.g. 6e5 "
                     "(default: the config's train.sequences)")
     ds.add_argument("--workers", type=positive_int, default=2, help="trainings at a time (one CPU thread each)")
+    ds.add_argument("--no-stack", action="store_true", help="one process per run, as before stacking (default: "
+                    "runs of one shape train as one stacked model)")
     ds.set_defaults(fn=_cmd_data_sweep)
 
     sc = sub.add_parser("scores", help="induction, previous-token, duplicate-token and FV score of every head")
@@ -503,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import IclscopeError
 
     name = args.command if args.command != "tasks" else "tasks build"
+    if args.quiet:
+        os.environ["ICLSCOPE_QUIET"] = "1"  # read by every progress display (iclscope.report.progress)
     try:
         if getattr(args, "device", None) is not None:
             check_device(args.device)  # before any work: --device cuda on a machine without CUDA

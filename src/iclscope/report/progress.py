@@ -182,7 +182,7 @@ def progress(total: int | None = None, desc: str = "", quiet: bool = False, unit
             raise IclscopeError(f"progress: total must be a non-negative whole number or None, got {total!r}") from None
         if total < 0:
             raise IclscopeError(f"progress: total must be a non-negative whole number or None, got {total!r}")
-    if quiet:
+    if quiet or os.environ.get("ICLSCOPE_QUIET", "") not in ("", "0"):  # `iclscope --quiet` sets ICLSCOPE_QUIET=1
         return QuietProgress(total, desc, unit, initial=initial, iterable=iterable)
     if interval is None:
         env = os.environ.get("ICLSCOPE_PROGRESS_INTERVAL")

@@ -24,7 +24,9 @@ from ..models.tiny import TinyModel
 from .clamps import Clamps
 from .config import data_config, model_config, validate_config
 from .objectives import EVAL_SEED, OBJECTIVES, concat_batches, stack_objectives
-from .phase import detect_phase_change
+from ..report.progress import progress
+from ..report.tensorboard import group_tag, write_hparams
+from .phase import phase_summary
 from .rundir import RunDir
 
 
@@ -254,7 +256,6 @@ class Trainer:
         return None if len(self.runs) == 1 else run.members
 
     def _train(self) -> list[dict]:
-        from tqdm.auto import tqdm
 
         self.step = 0
         loaded = [run.run_dir.load_state(self.model.module, self.opt, self.gens[run.members], self._slice(run))
@@ -283,8 +284,9 @@ class Trainer:
         loss_sum, loss_n = torch.tensor(running[0], dtype=torch.float64), running[1]
         params = list(self.model.module.parameters())
         t0 = time.time()
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=None if self.progress else True, unit="step",
-                   desc=self.cfg.get("name", "train"), dynamic_ncols=True, mininterval=1.0)
+        # a bar on a terminal; a log line every 30 s (step, rate, ETA, loss) when the output is a file or a pipe
+        bar = progress(self.total_steps, self.cfg.get("name", "train"), quiet=not self.progress, unit="step",
+                       initial=self.step)
         try:
             with self.model.intervene(self.clamps.static):
                 if not loaded[0]:  # a state saved at step 0 already has its step-0 row and checkpoint
@@ -361,7 +363,7 @@ class Trainer:
                 run.run_dir.append_metrics(r, row)
                 for k, v in row.items():
                     if k not in ("step", "sequences") and v is not None and math.isfinite(v):
-                        writers[j].add_scalar(k, v, self.step)
+                        writers[j].add_scalar(group_tag(k), v, self.step)  # loss/, accuracy/, heads/ ...
                 writers[j].flush()
         if self.step in ckpts:
             self._save_checkpoints()
@@ -375,16 +377,24 @@ class Trainer:
         df = pd.DataFrame(rows)
         last = df.iloc[-1].to_dict()
         thr = self.objective.phase_threshold(run.cfg["eval"])
-        phase = detect_phase_change(df.sequences, df.train_loss, df.step, thr)
+        ps = phase_summary(df.sequences, df.train_loss, df.step, thr)  # every transition, and the phase change
         strengths = {k: v for k, v in last.items() if k.startswith("ind_strength_")}
         summary = {"seed": run.seeds[r], "steps": int(last["step"]), "sequences": int(last["sequences"]),
                    "final": {k: v for k, v in last.items() if k.endswith(("_loss", "_acc"))},
                    "induction_strength": strengths,
                    "heads_strength_above_0.3": int(sum(v > 0.3 for v in strengths.values())),
-                   "phase_change": phase, "seconds_this_session": round(seconds, 1), "resumed_from_step": resumed,
+                   "phase_change": ps["phase_change"], "transitions": ps["transitions"], "seconds_this_session": round(seconds, 1), "resumed_from_step": resumed,
                    "ensemble_size": run.R}
         run.run_dir.write_summary(r, summary)
+        self._hparams(run, r, summary)
         return summary
+
+    def _hparams(self, run: _Run, r: int, summary: dict) -> None:
+        """The run's settings and final measures in TensorBoard's HPARAMS tab (one row per member)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(run.run_dir.member_dir(r))) as w:
+            write_hparams(w, {**run.cfg, "seed": run.seeds[r]}, summary["final"])
 
 
 def train(cfg: dict, out: str | Path, progress: bool = True, log=print) -> list[dict]:
