@@ -34,7 +34,9 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     r = run_cli("info", "--model", str(tmp_path))
     assert r.returncode == 2
     assert "holds no model" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("info", "--model", "random:mamba")
+    r = run_cli("info", "--model", "random:mamba")  # a state-space model: refused, naming the family and why
+    assert r.returncode == 2 and "'mamba' is not supported" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("info", "--model", "random:nosuchfamily")
     assert r.returncode == 2 and "unknown family" in r.stderr and "Traceback" not in r.stderr
 
 
