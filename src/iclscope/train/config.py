@@ -43,6 +43,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         path = CONFIG_DIR / f"{path}.toml"
     if path is not None:
         user = _read_toml(Path(path))
+        for sec in ("model", "data", "train", "eval"):
+            if sec in user and not isinstance(user[sec], dict):
+                raise IclscopeError(f"{path}: [{sec}] must be a table of settings, got {type(user[sec]).__name__} "
+                                    f"{user[sec]!r}")
         if user.get("data", {}).get("kind", "fewshot") != cfg["data"]["kind"]:
             cfg = {"train": {}, "eval": {}}
         if "clamp" in user:
