@@ -46,6 +46,7 @@ is compared with random head sets of the same size, each random head given the o
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -59,6 +60,7 @@ from ...store import safe_name
 from ..atlas import check_score_settings
 from ...report import ResultsDir, write_report
 from ...report.figures import short_name
+from ...report.progress import progress
 from .checkpoints import Checkpoint, revision_checkpoints, run_checkpoints
 from .figures import accuracy_figure, heatmaps_figure, trajectories_figure, transitions_figure
 from .reuse import reuse_candidates
@@ -109,6 +111,8 @@ tasks, k, n_clean, n_corrupt, n_eval, seed, dtype); inside it, the atlas's stage
     with ResultsDir(out, cfg, command="dynamics") as res:
         log(f"dynamics of {source}: {len(ckpts)} checkpoints -> {res.path}/")
         records = []
+        bar = progress(total=len(ckpts), desc="dynamics", unit="checkpoint",
+                       quiet=os.environ.get("ICLSCOPE_QUIET", "") not in ("", "0"))
         for i, ck in enumerate(ckpts):
             folder = res.file("checkpoints") / safe_name(ck.name)
             key = checkpoint_key(ck, tasks_dir, k, n_clean, n_corrupt, n_eval, seed, dtype)
@@ -126,6 +130,9 @@ tasks, k, n_clean, n_corrupt, n_eval, seed, dtype); inside it, the atlas's stage
                                     f"{records[0]['name']} ({records[0]['arch']}); finished checkpoints are kept in "
                                     f"{res.path}/checkpoints/")
             records.append(rec)
+            bar.update(1)
+            bar.set_postfix(checkpoint=ck.name)
+        bar.close()
         summary = _write(res, ckpts, records, source, run, top, rel, n_random, seed, t0)
         if after is not None:
             after(res, summary)
