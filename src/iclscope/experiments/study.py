@@ -343,6 +343,8 @@ def write_study_report(res: ResultsDir, records: list[dict], title: str = "Study
     """report.html in the study folder, in the one report look: the jobs finished and failed first, then
     the table of jobs (status, time, host, resources, the folder with its own report) and the comparison's
     findings and figures."""
+    import pandas as pd
+
     from ..report import run_metadata
     from ..report.html import render_report
 
