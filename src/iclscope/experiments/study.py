@@ -328,14 +328,14 @@ def study_findings(records: list[dict]) -> list:
     out = [Finding(f"{len(counts['finished'])} of {len(records)} jobs finished"
                    + (f" ({sum(bool(r.get('reused')) for r in counts['finished'])} from an earlier run)."
                       if any(r.get("reused") for r in counts["finished"]) else "."),
-                   value=len(counts["finished"]), within_noise=False)]
+                   )]
     for st, words in (("failed", "failed"), ("blocked", "could not run (a job they need failed)"),
                       ("pending", "were not run"), ("running", "were still running")):
         if counts[st]:
             out.append(Finding(f"{len(counts[st])} {'job' if len(counts[st]) == 1 else 'jobs'} {words}: "
                                + "; ".join(f"{r['id']}" + (f" ({r['error']})" if r.get("error") else "")
                                            for r in counts[st][:8]) + ("; ..." if len(counts[st]) > 8 else "") + ".",
-                               value=len(counts[st]), within_noise=True))
+                               ))
     return out
 
 

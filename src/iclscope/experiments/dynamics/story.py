@@ -105,7 +105,8 @@ def testbed_story(run_dir: str | Path, out: str | Path, checkpoints=None, top: i
         a.set_xlabel("training step")
         a.set_ylabel("accuracy")
         a.set_title("what the model can do (metrics.csv)")
-        a.legend()
+        if a.get_legend_handles_labels()[0]:
+            a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2))
         x = np.maximum(ck.step, 1)
         b.plot(x, ck.max_induction / (ind_final or 1), marker="o", color=COLORS["induction"],
                label=f"best induction score (/ {ind_final:.2f})")
@@ -127,7 +128,7 @@ def testbed_story(run_dir: str | Path, out: str | Path, checkpoints=None, top: i
         c.set_xlabel("training step")
         c.set_title("the final FV heads: induction score (solid), FV score (dashed)")
         if c.get_legend_handles_labels()[0]:
-            c.legend(ncol=2)
+            c.legend(ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
         fig.suptitle(f"testbed story: {short_name(str(run_dir))}")
         save_figure(fig, res.file("story.png"))
         write_report(res.file("story.html"), f"Testbed story: {short_name(str(run_dir))}", [
