@@ -250,3 +250,162 @@ def test_png_width_gives_true_font_size(tmp_path):
     data = figure_png(fig)
     width_px = struct.unpack(">I", data[16:20])[0]
     assert _png_css_width(data) == round(width_px * 96 / 120)
+
+
+# ------------------------------------------------------------------ every command's report, from small runs
+
+def check_command_report(page: str, figures: int = 1, tables: int = 1) -> None:
+    """The one look: the summary with findings first, then figures and tables, settings and run metadata;
+    no raw JSON, no docstring markup."""
+    body = page[page.index("<body"):]
+    assert body.index('id="summary"') < body.index('class="part"'), "the summary comes first"
+    assert '<ul class="findings">' in body and body.count('class="finding') >= 1
+    assert body.count('<img src="data:image/png;base64,') >= figures
+    assert body.count('<table class="data') >= tables
+    assert 'id="run"' in body and "iclscope" in visible_text(body[body.index('id="run"'):])
+    text = visible_text(body)
+    assert '{"' not in text and "{&#34;" not in body and "&#34;:" not in body
+    for markup in ("``", ":class:", ":func:", "Results folder (", "=====", "json.dumps"):
+        assert markup not in text, markup
+
+
+def _atlas_fixture(tmp_path, label, seed):
+    """An atlas folder's files from fixed random numbers, through the atlas's own summary functions."""
+    from iclscope.experiments.atlas.ablation import ablation_summary
+    from iclscope.experiments.atlas.command import top_head_evidence, write_atlas_report
+    from iclscope.experiments.atlas.vectors import fv_summary
+    from iclscope.report.figures.atlas import ablation_panel, induction_fv_scatter, score_heatmaps
+
+    rng = np.random.default_rng(seed)
+    L, H = 4, 6
+    heads = pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L)})
+    heads["induction"] = rng.random(L * H) * 0.3 + np.where(heads.layer == 2, 0.5, 0)
+    heads["induction_baseline"] = 0.1
+    heads["induction_sem"] = 0.01
+    heads["prev_token"] = rng.random(L * H)
+    heads["fv"] = rng.normal(0, 0.01, L * H) + np.where(heads.layer == 3, 0.05, 0)
+    heads["fv_sem"] = 0.005
+    rows = []
+    for ranking, seeds in (("induction", [0]), ("fv", [0]), ("random", [0, 1, 2])):
+        for f in (0.0, 0.05, 0.1, 0.2):
+            for s in seeds:
+                for t in ("antonym", "country", "copy:antonym"):
+                    acc = 0.8 - (f * 3 if ranking == "fv" and not t.startswith("copy") else f) + rng.normal(0, 0.02)
+                    rows.append({"ranking": ranking, "fraction": f, "k": round(f * L * H), "seed": s, "task": t,
+                                 "accuracy": acc})
+    abl = pd.DataFrame(rows)
+    fvt = pd.DataFrame([{"task": t, "layer": layer, "zero_shot_acc": 0.1, "with_fv_acc": 0.1 + 0.1 * layer,
+                         "few_shot_acc": 0.8, "heads": 3, "n": 20, "site": "resid_post"}
+                        for t in ("antonym", "country") for layer in range(L)])
+    folder = tmp_path / label
+    with ResultsDir(folder, {"command": "atlas", "model": label, "tasks": None, "task_names": ["antonym", "country"]},
+                    command="atlas") as res:
+        res.write_table("heads.csv", heads)
+        res.write_table("ablation.csv", abl)
+        figs = {"scatter": induction_fv_scatter(heads, res.file("induction_vs_fv.png"), L, 3),
+                "scores": score_heatmaps(heads, res.file("scores.png")),
+                "induction": None, "fv": None, "prev_token": None}
+        fig, ax = plt.subplots()
+        ablation_panel(ax, abl, "task prompts")
+        figs["ablation"] = save_figure(fig, res.file("ablation.png"))
+        is_copy = abl.task.str.startswith("copy:")
+        copy_curve = abl[is_copy].groupby(["ranking", "fraction"]).accuracy.mean().unstack(0)
+        summary = {"model": label, "heads": L * H, "top_heads": {"top_k": 3, "induction": [[2, 0], [2, 1], [2, 3]],
+                                                                "fv": [[3, 0], [2, 1], [3, 2]], "overlap": [[2, 1]],
+                                                                "spearman_induction_fv": 0.12},
+                   "top_head_evidence": top_head_evidence(heads), "function_vectors": fv_summary(fvt),
+                   "disjoint_tasks": False}
+        res.write_json("summary.json", summary)
+        write_atlas_report(res, summary, heads, abl, None, copy_curve, fvt, figs,
+                           {"interval": "95 % t interval over seeds", "notes": []},
+                           run_metadata(model=label, prompts_per_task=20, seeds=3, protocol="published"))
+        res.mark_finished()
+    return folder, heads, abl, summary
+
+
+def test_atlas_and_compare_reports(tmp_path):
+    from iclscope.experiments import compare
+
+    a, heads, abl, summary = _atlas_fixture(tmp_path, "model-a", 0)
+    page = (a / "report.html").read_text()
+    check_command_report(page, figures=3, tables=3)
+    text = visible_text(page)
+    assert "The top induction head is L2H" in text and "Ablating the top 2 FV heads" in text
+    assert "random 2 heads" in text and "95 % t interval" in text  # the baseline with its interval
+    assert "previous-token score" not in text or page.count("<img") >= 3
+    b, *_ = _atlas_fixture(tmp_path, "model-b", 1)
+    s = compare.run_compare([a, b], tmp_path / "compare", labels=["A", "B"], log=lambda *x: None)
+    page = (tmp_path / "compare" / "report.html").read_text()
+    check_command_report(page, figures=2, tables=2)
+    text = visible_text(page)
+    assert "A: " in text and "rank correlation" in text and "random 1-sets" in text or "random 2-sets" in text
+    models = page[page.index("<h2>Models</h2>"):page.index("<h2>Overlap")]
+    assert models.count("<tr>") == 1 + 2  # one row per model, no duplicates
+    assert len(s["models"]) == 2
+
+
+def test_dynamics_and_demo_reports(tmp_path):
+    from iclscope.experiments import dynamics as dyn
+    from iclscope.experiments.demo import run_demo, write_demo_report
+    from iclscope.train import load_config, train
+
+    tiny = ["train.sequences=640", "train.batch_size=32", "eval.every=5", "eval.batch=32", "eval.checkpoint_every=5",
+            "model.n_layers=2", "model.d_mlp=32", "model.d_model=32", "data.n_words=16", "data.k=4",
+            "eval.induction_len=6", "train.threads=1"]
+    train(load_config("testbed", tiny), tmp_path / "run", progress=False, log=lambda *a: None)
+    dyn.run_dynamics(tmp_path / "dyn", run=tmp_path / "run", checkpoints="0,5,10,20", log=lambda *a: None,
+                     k=4, n_clean=4, n_corrupt=2, n_eval=4)
+    page = (tmp_path / "dyn" / "report.html").read_text()
+    check_command_report(page, figures=3, tables=1)
+    text = visible_text(page)
+    assert "final top FV heads were top induction heads" in text and "random head sets" in text
+    assert ("not distinguishable from the random baseline" in text) == ("within noise" in text)
+
+    run_demo(tmp_path / "demo", model_spec="random:gpt2:layers=2,heads=4,d_model=32", n_seqs=4, half=6, train=False,
+             log=lambda *a: None)
+    page = (tmp_path / "demo" / "report.html").read_text()
+    check_command_report(page, figures=0, tables=1)
+    assert "kl_mean_ablation" not in page and "Head interface on" in visible_text(page)
+    # the full demo's page from its summary (the trained parts made up): the story in order
+    full = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    full["training"] = {"phase_change": {"sequences": 40000, "step": 300, "plateau_loss": 0.69, "final_loss": 0.01},
+                        "heads_strength_above_0.3": 3, "final": {},
+                        "additivity": {"max_acc_one_head_alone": 0.7, "min_acc_ablating_one_head": 0.95}}
+    full["testbed"] = {"top_induction": [[1, 0]], "top_fv": [[1, 2]], "ablation_at": "0.2",
+                       "task_acc": {"fv": 0.2, "induction": 0.7, "random": 0.72},
+                       "copy_acc": {"fv": 0.9, "induction": 0.3, "random": 0.88},
+                       "story": {"induction_heads_form_step": 200, "fv_heads_form_step": 1500, "formation_baseline": {
+                           "induction": {"rise": 0.5, "random_95": [0.0, 0.2], "p_random_ge_observed": 0.001,
+                                         "verdict": "beats the random baseline"}}}}
+    (tmp_path / "demo" / "testbed" / "story").mkdir(parents=True)
+    save_figure(plt.subplots()[0], tmp_path / "demo" / "testbed" / "story" / "story.png")
+    write_demo_report(tmp_path / "demo" / "full.html", tmp_path / "demo", full, run_metadata(model="x"))
+    page = (tmp_path / "demo" / "full.html").read_text()
+    check_command_report(page, figures=1, tables=1)
+    text = visible_text(page[page.index('id="summary"'):])  # after the page's table of contents
+    order = [text.index(s) for s in ("induction heads (L1H0) form at step 200", "novel-query (FV route) accuracy at 0.20",
+                                     "phase change at 40,000 sequences", "1. The testbed", "2. Which kind",
+                                     "3. The phase change", "5. The head interface")]
+    assert order == sorted(order)
+
+
+def test_study_report(tmp_path):
+    from iclscope.experiments.study import write_study_report
+
+    records = [{"id": "atlas-a", "kind": "atlas", "model": "a", "revision": None, "status": "finished", "seconds": 3.2,
+                "host": "node1", "resources": {"num_cpus": 1, "num_gpus": 0, "memory_bytes": 2 ** 30},
+                "folder": "atlas-a", "error": None, "reused": True},
+               {"id": "atlas-b", "kind": "atlas", "model": "b", "revision": "step1", "status": "failed", "seconds": 1.0,
+                "host": "node1", "resources": None, "folder": "atlas-b", "error": "unknown family 'x'"},
+               {"id": "compare", "kind": "compare", "model": None, "status": "blocked", "folder": None,
+                "error": "atlas-b failed"}]
+    with ResultsDir(tmp_path / "study", {"command": "study"}, command="study") as res:
+        (res.path / "atlas-a").mkdir()
+        (res.path / "atlas-a" / "report.html").write_text("<html></html>")
+        write_study_report(res, records, "Study: 2 models, 3 jobs")
+    page = (tmp_path / "study" / "report.html").read_text()
+    check_command_report(page, figures=0, tables=1)
+    text = visible_text(page)
+    assert "1 of 3 jobs finished (1 from an earlier run)." in text
+    assert "1 job failed: atlas-b (unknown family" in text and "could not run" in text
+    assert "href='atlas-a/report.html'" in page

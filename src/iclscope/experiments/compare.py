@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import IclscopeError
-from ..report import ResultsDir, write_report
+from ..report import Finding, ResultsDir, run_metadata, write_report
 from ..report.figures import ablation_panel, save_figure
+from ..report.figures.common import COLORS, CYCLE
 
 FRACTIONS = (0.02, 0.05, 0.1, 0.2)
 
@@ -183,7 +184,7 @@ def overlap_figure(ov: pd.DataFrame, corr: pd.DataFrame, path: Path) -> Path:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
     for i, (name, g) in enumerate(ov.groupby("model", sort=False)):
-        c = f"C{i}"
+        c = CYCLE[i % len(CYCLE)]
         x = g.fraction * 100
         a.plot(x, g.overlap / g.k, marker="o", color=c, label=f"{name}: observed")
         a.plot(x, g.random_mean / g.k, ls="--", color=c, lw=1, label=f"{name}: random k-sets (95 %)")
@@ -191,17 +192,17 @@ def overlap_figure(ov: pd.DataFrame, corr: pd.DataFrame, path: Path) -> Path:
     a.set_xlabel("top-k heads (% of all heads)")
     a.set_ylabel("overlap / k (top induction vs top FV)")
     a.set_ylim(-0.02, 1.02)
-    a.set_title("overlap of the top induction and top FV heads", fontsize=9)
-    a.legend(fontsize=7)
+    a.set_title("overlap of the top induction and top FV heads")
+    a.legend()
     xs = np.arange(len(corr))
-    b.bar(xs - 0.18, corr.spearman, 0.36, label="Spearman (ranks)")
-    b.bar(xs + 0.18, corr.pearson, 0.36, label="Pearson")
-    b.axhline(0, color="k", lw=0.8)
+    b.bar(xs - 0.18, corr.spearman, 0.36, label="Spearman (ranks)", color=CYCLE[0])
+    b.bar(xs + 0.18, corr.pearson, 0.36, label="Pearson", color=CYCLE[1])
+    b.axhline(0, color=COLORS["chance"], lw=0.8)
     b.set_xticks(xs)
-    b.set_xticklabels(corr.model, fontsize=7, rotation=15)
+    b.set_xticklabels(corr.model, rotation=15)
     b.set_ylim(-1, 1)
-    b.set_title("correlation of induction and FV scores over all heads", fontsize=9)
-    b.legend(fontsize=8)
+    b.set_title("correlation of induction and FV scores over all heads")
+    b.legend()
     return save_figure(fig, path)
 
 
@@ -211,18 +212,18 @@ def depth_figure(depth: pd.DataFrame, path: Path) -> Path:
     models = list(dict.fromkeys(depth.model))
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(models) + 2), 4))
     rng = np.random.default_rng(0)
-    for j, (kind, color, dx) in enumerate((("induction", "tab:blue", -0.15), ("fv", "tab:orange", 0.15))):
+    for j, (kind, color, dx) in enumerate((("induction", COLORS["induction"], -0.15), ("fv", COLORS["fv"], 0.15))):
         for i, m in enumerate(models):
             d = depth[(depth.model == m) & (depth.kind == kind)]
             ax.scatter(i + dx + rng.uniform(-0.05, 0.05, len(d)), d.rel_depth, color=color, s=16, alpha=0.7,
                        label=f"top {kind} heads" if i == 0 else None)
             ax.plot([i + dx - 0.1, i + dx + 0.1], [d.rel_depth.mean()] * 2, color=color, lw=3)
     ax.set_xticks(range(len(models)))
-    ax.set_xticklabels(models, fontsize=7, rotation=15)
+    ax.set_xticklabels(models, rotation=15)
     ax.set_ylabel("relative depth (0 = first layer, 1 = last)")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title("where each kind sits (bars: means)", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_title("where each kind sits (bars: means)")
+    ax.legend()
     return save_figure(fig, path)
 
 
@@ -270,7 +271,49 @@ def run_compare(dirs: Sequence[str | Path], out: str | Path, labels: Sequence[st
         return _write(res, entries, fractions, depth_fraction, log)
 
 
+ABOUT = ("Each model's head-atlas folder: the induction and FV score of every head, compared across models "
+         "on the same task set.")
+
+
+def _corr_words(r: float) -> str:
+    """A correlation's sign and size in words (|r| < 0.1 negligible, < 0.3 weak, < 0.5 moderate, else strong)."""
+    if not np.isfinite(r):
+        return "undefined"
+    a = abs(r)
+    size = "negligible" if a < 0.1 else "weak" if a < 0.3 else "moderate" if a < 0.5 else "strong"
+    return size if size == "negligible" else f"{size} {'positive' if r > 0 else 'negative'}"
+
+
+def compare_findings(ov: pd.DataFrame, corr: pd.DataFrame, mean_depth: pd.DataFrame) -> list[Finding]:
+    """Per model: the overlap of the top induction and FV heads at the fraction nearest 5 % of heads
+    against random k-sets (hypergeometric; within noise when P(random >= observed) >= 0.05), and the rank
+    correlation of the two scores with its sign and size against unrelated scores (within noise when
+    |Spearman| < 1.96 / sqrt(n - 1))."""
+    out = []
+    for model, g in ov.groupby("model", sort=False):
+        r = g.iloc[int((g.fraction - 0.05).abs().to_numpy().argmin())]
+        p = float(r.p_random_ge_observed)
+        out.append(Finding(
+            f"{model}: {int(r.overlap)} of the top {int(r.k)} induction head{'s' if r.k > 1 else ''} (top "
+            f"{100 * r.fraction:.0f} % of heads) {'are' if r.k > 1 else 'is'} also among the top {int(r.k)} FV heads "
+            f"(P(random ≥ observed) = {p:.2g}).",
+            value=int(r.overlap), interval=(float(r.random_lo), float(r.random_hi)), interval_kind="random 95 % range",
+            baseline=f"random {int(r.k)}-sets: {r.random_mean:.2g}", within_noise=p >= 0.05))
+    for _, r in corr.iterrows():
+        n = int(r.heads)
+        # the 95 % range of a rank correlation of n unrelated scores (normal approximation, 1.96 / sqrt(n - 1))
+        half = 1.96 / math.sqrt(max(n - 1, 1))
+        out.append(Finding(
+            f"{r.model}: the induction and FV scores have a {_corr_words(r.spearman)} rank correlation over its "
+            f"{n} heads (Spearman {r.spearman:.2f}, Pearson {r.pearson:.2f}).",
+            value=float(r.spearman), baseline=f"unrelated scores: 0 ± {half:.2f} (95 %)",
+            within_noise=bool(abs(r.spearman) < half)))
+    return out
+
+
 def _write(res, entries, fractions, depth_fraction, log) -> dict:
+    import time
+    t0 = time.time()
     ov = overlap_table(entries, fractions)
     corr = correlation_table(entries)
     depth = depth_table(entries, depth_fraction)
@@ -294,15 +337,20 @@ def _write(res, entries, fractions, depth_fraction, log) -> dict:
                "mean_relative_depth": mean_depth.to_dict("records")}
     res.write_json("summary.json", summary)
     write_report(res.file("report.html"), "Head atlas: " + " vs ".join(e["label"] for e in entries), [
-        {"heading": "What is compared", "text": __doc__},
-        {"heading": "Models", "table": pd.DataFrame(summary["models"])},
-        {"heading": "Overlap of the top induction and top FV heads", "figure": figs["overlap"], "table": ov},
-        {"heading": "Correlation of the two scores", "table": corr},
+        {"heading": "Models", "text": ABOUT, "table": corr.merge(pd.DataFrame(summary["models"])[["label", "model", "revision"]]
+                                                                 .rename(columns={"label": "model", "model": "spec"}),
+                                                                 on="model")[["model", "spec", "revision", "layers", "heads",
+                                                                              "max_induction", "max_fv"]]},
+        {"heading": "Overlap of the top induction and top FV heads", "figure": figs["overlap"],
+         "text": "Observed overlap of the top-k sets against two random k-sets (hypergeometric: mean k²/N, 95 % "
+                 "range, P(random ≥ observed)); the right panel: the correlation of the two scores over all heads.",
+         "table": ov.drop(columns=["heads"])},
         {"heading": "Where each kind sits", "figure": figs["depth"], "table": mean_depth},
         *([{"heading": "Ablating each kind (accuracy; random: mean over seeds)", "figure": figs["ablation"],
             "table": side}] if side is not None else
           [{"heading": "Ablation", "text": "No folder holds ablation.csv (scores-only results)."}]),
-    ])
+    ], findings=compare_findings(ov, corr, mean_depth),
+       metadata=run_metadata(started=t0, models=[e["label"] for e in entries], folders=[str(e["path"]) for e in entries]))
     log(corr.round(3).to_string(index=False))
     log(ov[["model", "k", "overlap", "random_mean", "p_random_ge_observed"]].round(3).to_string(index=False))
     log(mean_depth.round(3).to_string(index=False))

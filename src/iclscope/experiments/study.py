@@ -319,60 +319,75 @@ def _last_revision(study: Study, j: PlannedJob) -> str | None:
 
 # ------------------------------------------------------------------------------------------------- report
 
-def write_study_report(res: ResultsDir, records: list[dict], title: str = "Study") -> Path:
-    """report.html in the study folder: the table of jobs (status, time, host, resources, folder links)
-    and the comparison's summary."""
-    e = html.escape
+def study_findings(records: list[dict]) -> list:
+    """How many jobs finished, failed, could not run or are still to run, naming the failed ones."""
+    from ..report import Finding
+
+    counts = {st: [r for r in records if r["status"] == st] for st in ("finished", "failed", "blocked", "pending",
+                                                                      "running")}
+    out = [Finding(f"{len(counts['finished'])} of {len(records)} jobs finished"
+                   + (f" ({sum(bool(r.get('reused')) for r in counts['finished'])} from an earlier run)."
+                      if any(r.get("reused") for r in counts["finished"]) else "."),
+                   )]
+    for st, words in (("failed", "failed"), ("blocked", "could not run (a job they need failed)"),
+                      ("pending", "were not run"), ("running", "were still running")):
+        if counts[st]:
+            out.append(Finding(f"{len(counts[st])} {'job' if len(counts[st]) == 1 else 'jobs'} {words}: "
+                               + "; ".join(f"{r['id']}" + (f" ({r['error']})" if r.get("error") else "")
+                                           for r in counts[st][:8]) + ("; ..." if len(counts[st]) > 8 else "") + ".",
+                               ))
+    return out
+
+
+def write_study_report(res: ResultsDir, records: list[dict], title: str = "Study", started: float | None = None) -> Path:
+    """report.html in the study folder, in the one report look: the jobs finished and failed first, then
+    the table of jobs (status, time, host, resources, the folder with its own report) and the comparison's
+    findings and figures."""
+    import pandas as pd
+
+    from ..report import run_metadata
+    from ..report.html import render_report
+
     rows = []
     for r in records:
         folder = r.get("folder")
-        link = ""
+        where = ""
         if folder and (res.path / folder).is_dir():
-            target = f"{folder}/report.html" if (res.path / folder / "report.html").exists() else f"{folder}/"
-            link = f"<a href='{e(target)}'>{e(folder)}</a>"
+            where = f"{folder}/report.html" if (res.path / folder / "report.html").exists() else f"{folder}/"
         res_txt = ""
         if r.get("resources"):
             x = r["resources"]
             res_txt = f"{x['num_cpus']:g} CPU, {x['num_gpus']:g} GPU, {x['memory_bytes'] / 1024 ** 3:.1f} GiB"
-        status = r["status"] + (" (earlier run)" if r.get("reused") else "")
-        cls = {"finished": "ok", "failed": "bad", "blocked": "bad"}.get(r["status"], "")
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
-            e(r["id"]), e(r["kind"]), e(str(r.get("model") or "")), e(str(r.get("revision") or "")),
-            f"<span class='{cls}'>{e(status)}</span>",
-            "" if r.get("seconds") is None else f"{r['seconds']:.1f} s", e(str(r.get("host") or "")), e(res_txt),
-            link, e(r.get("error") or ""))) + "</tr>")
-    counts = {s: sum(r["status"] == s for r in records) for s in ("finished", "failed", "blocked", "pending")}
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
-             "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:2px 8px}"
-             ".ok{color:#070}.bad{color:#b00;font-weight:bold}img{max-width:100%}pre{white-space:pre-wrap}"
-             f"</style></head><body><h1>{e(title)}</h1>",
-             f"<p>{counts['finished']} of {len(records)} jobs finished, {counts['failed']} failed, "
-             f"{counts['blocked']} could not run, {counts['pending']} not run. Updated {e(_now())}.</p>",
-             "<h2>Jobs</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in (
-                 "job", "kind", "model", "revision", "status", "time", "host", "resources", "folder", "error"))
-             + "</tr>", *rows, "</table>"]
+        rows.append({"job": r["id"], "kind": r["kind"], "model": str(r.get("model") or ""),
+                     "revision": str(r.get("revision") or ""),
+                     "status": r["status"] + (" (earlier run)" if r.get("reused") else ""),
+                     "seconds": r.get("seconds"), "host": str(r.get("host") or ""), "resources": res_txt,
+                     "report": where, "error": r.get("error") or ""})
+    jobs = pd.DataFrame(rows)
+    sections = [{"heading": "Jobs", "text": "Each job's results folder (with its own report.html) lies in this folder.",
+                 "table": jobs}]
     comp = next((r for r in records if r["kind"] == "compare" and r["status"] == "finished"), None)
+    findings = study_findings(records)
     if comp and (res.path / comp["folder"] / "summary.json").exists():
         s = json.loads((res.path / comp["folder"] / "summary.json").read_text())
-        f = comp["folder"]
-        parts.append(f"<h2>Comparison of the final checkpoints</h2><p>Full report: "
-                     f"<a href='{e(f)}/report.html'>{e(f)}/report.html</a>. Models: "
-                     + e(", ".join(str(m.get("label")) for m in s.get("models", []))) + "</p>")
-        for key, heading in (("overlap", "Overlap of the top induction and FV heads"),
-                             ("correlation", "Correlation of the two scores"),
-                             ("mean_relative_depth", "Mean relative depth of each kind")):
-            tab = s.get(key) or []
-            if tab:
-                cols = list(tab[0])
-                parts.append(f"<h3>{e(heading)}</h3><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"
-                             + "".join("<tr>" + "".join(f"<td>{e(_fmt(row.get(c)))}</td>" for c in cols) + "</tr>"
-                                       for row in tab) + "</table>")
-        for png in ("overlap.png", "depth.png", "ablation.png"):
-            if (res.path / f / png).exists():
-                parts.append(f"<p><img src='{e(f)}/{png}' alt='{png}'></p>")
-    parts.append("</body></html>")
-    return res.write_text("report.html", "\n".join(parts))
+        f = res.path / comp["folder"]
+        from .compare import compare_findings
+
+        ov, corr = pd.DataFrame(s.get("overlap") or []), pd.DataFrame(s.get("correlation") or [])
+        if len(ov) and len(corr):
+            findings += compare_findings(ov, corr, pd.DataFrame(s.get("mean_relative_depth") or []))
+        sections.append({"heading": "Comparison of the final checkpoints",
+                         "text": f"Full report: `{comp['folder']}/report.html`. Models: "
+                                 + ", ".join(str(m.get("label")) for m in s.get("models", [])) + ".",
+                         "figures": [f / "overlap.png", f / "depth.png", f / "ablation.png"],
+                         "table": pd.DataFrame(s.get("mean_relative_depth") or []) if s.get("mean_relative_depth") else None})
+    page = render_report(title, sections, findings=findings, settings=res.config,
+                         metadata=run_metadata(started=started, jobs=len(records),
+                                               hosts=sorted({str(r["host"]) for r in records if r.get("host")})))
+    for where in sorted({r["report"] for r in rows if r["report"]}, key=len, reverse=True):
+        e = html.escape(where, quote=True)  # each job's folder as a link to its report (cells are plain text)
+        page = page.replace(f'class="txt">{e}</td>', f'class="txt"><a href=\'{e}\'>{e}</a></td>')
+    return res.write_text("report.html", page)
 
 
 def _fmt(v) -> str:
@@ -386,6 +401,7 @@ def run_study(study: str | Path | Study, out: str | Path, address: str | None = 
     """Run (or resume) a study; returns the content of study.json. ``engine``: an ``iclscope.engine.Engine``
     to use (else one is made from ``address`` / ``num_cpus`` / ``num_gpus`` when a job needs to run, and
     closed at the end)."""
+    t0 = time.time()
     text = None
     if not isinstance(study, Study):
         text = Path(study).read_text() if Path(study).is_file() else None
@@ -413,7 +429,7 @@ def run_study(study: str | Path | Study, out: str | Path, address: str | None = 
                 run.engine.close()
             records = [run.records[j.id] for j in run.jobs]
             run.save()
-            write_study_report(res, records, f"Study: {len(study.models)} models, {len(records)} jobs")
+            write_study_report(res, records, f"Study: {len(study.models)} models, {len(records)} jobs", started=t0)
         failed = [r for r in records if r["status"] != "finished"]
         if not failed:
             res.mark_finished({"jobs": len(records)})

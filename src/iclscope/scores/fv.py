@@ -303,9 +303,14 @@ def _finish(model, heads, per_prompt: dict, baseline: dict, method: str, **info)
 
 
 def _progress(total: int, desc: str, progress: bool):
-    from tqdm.auto import tqdm
+    """A progress display for ``total`` batches (``iclscope.report.progress``: a bar on a terminal, a log
+    line every 30 s elsewhere); nothing when ``progress`` is False or ``ICLSCOPE_QUIET=1``."""
+    import os
 
-    return tqdm(total=total, desc=desc, disable=None if progress else True, leave=False)
+    from ..report.progress import progress as _display
+
+    quiet = not progress or os.environ.get("ICLSCOPE_QUIET", "") not in ("", "0")
+    return _display(total=total, desc=desc, unit="batch", quiet=quiet)
 
 
 # --------------------------------------------------------------------------------------------------

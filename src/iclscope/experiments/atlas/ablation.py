@@ -321,10 +321,14 @@ def ablation_study(model, eval_prompts: dict, table: pd.DataFrame, fractions=FRA
     log(f"  ablation study: {len(settings)} settings, {len(head_sets)} distinct head sets (k = "
         f"{', '.join(map(str, ks))} heads), {len(eval_prompts)} tasks; "
         f"{'final-token path' if positions == 'final' else 'full passes (positions=all)'}")
-    from tqdm.auto import tqdm
+    import os
 
+    from ...report.progress import progress
+
+    quiet = os.environ.get("ICLSCOPE_QUIET", "") not in ("", "0")
     acc, gen = {}, {}
-    for t, batch in tqdm(eval_prompts.items(), desc="ablation study", unit="task", leave=False):
+    for t, batch in progress(total=len(eval_prompts), desc="ablation study", unit="task", quiet=quiet,
+                             iterable=list(eval_prompts.items())):
         if positions == "final":
             acc[t] = final_token_accuracy(model, batch, head_sets, how, mean, budget=budget)
         else:

@@ -32,7 +32,7 @@ import pandas as pd
 
 from ...errors import IclscopeError
 from ...heads import ranked_heads
-from ...report import ResultsDir, write_report
+from ...report import Finding, ResultsDir, run_metadata, write_report
 from ...report.figures import head_heatmap, save_figure, short_name
 from .ablation import DEFAULT_MEASURES, ablation_figure, ablation_study, ablation_summary, check_measures
 from .scoring import score_grid, attention_key, fv_key, score_heads
@@ -41,24 +41,13 @@ from .tasks import FRACTIONS, build_eval_prompts, copy_prompts, default_shots, d
 from .vectors import function_vectors, fv_summary
 
 
-def scatter_and_layers(table: pd.DataFrame, path: Path, n_layers: int) -> Path:
-    import matplotlib.pyplot as plt
+def scatter_and_layers(table: pd.DataFrame, path: Path, n_layers: int, top_k: int = 3) -> Path:
+    """Every head's induction score against its FV score, the top ``top_k`` of each kind coloured
+    (induction blue, FV orange) and labelled, beside the layer means against relative depth
+    (``iclscope.report.figures.atlas.induction_fv_scatter``)."""
+    from ...report.figures.atlas import induction_fv_scatter
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    sc = a.scatter(table.induction, table.fv, c=table.layer / max(n_layers - 1, 1), cmap="viridis", s=18)
-    a.set_xlabel("induction score")
-    a.set_ylabel("FV score")
-    a.set_title("every head (colour: relative depth)", fontsize=10)
-    fig.colorbar(sc, ax=a, label="relative depth")
-    depth = table.groupby("layer")[["induction", "fv"]].mean()
-    rel = depth.index.to_numpy() / max(n_layers - 1, 1)
-    for col in ("induction", "fv"):
-        v = depth[col].to_numpy()
-        b.plot(rel, v / (np.nanmax(np.abs(v)) or 1), marker="o", label=f"{col} (layer mean, scaled to max 1)")
-    b.set_xlabel("relative depth")
-    b.set_title("where each kind sits", fontsize=10)
-    b.legend(fontsize=8)
-    return save_figure(fig, path)
+    return induction_fv_scatter(table, path, n_layers, top_k)
 
 
 def _load(spec, revision=None, dtype=None, device=None, device_map=None):
@@ -234,8 +223,10 @@ def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corr
            positions, random_seeds, seed, log, t0, protocol, measures=DEFAULT_MEASURES, text_dir=None) -> dict:
     table, _ = score_heads(model, score_t, res, k, n_clean, n_corrupt, seed, log, protocol)
     figs = _heatmaps(res, table, ("induction", "fv", "prev_token"), lambda c: f"{c} score")
-    figs["scatter"] = scatter_and_layers(table, res.file("induction_vs_fv.png"), model.n_layers)
+    from ...report.figures.atlas import score_heatmaps
+    figs["scores"] = score_heatmaps(table, res.file("scores.png"))
     n_top = max(1, round(0.02 * len(table)))
+    figs["scatter"] = scatter_and_layers(table, res.file("induction_vs_fv.png"), model.n_layers, max(n_top, 3))
     top_ind = set(ranked_heads(score_grid(table, "induction", model))[:max(n_top, 3)])
     top_fv = set(ranked_heads(score_grid(table, "fv", model))[:max(n_top, 3)])
     overlap = {"top_k": max(n_top, 3), "induction": sorted(top_ind), "fv": sorted(top_fv),
@@ -266,7 +257,7 @@ def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corr
     abl_protocol = json.loads(st.file("ablation_protocol.json").read_text())
     res.write_json("ablation_protocol.json", abl_protocol)
     figs["ablation"] = ablation_figure(abl, res.file("ablation.png"),
-                                       f"{short_name(model_spec)}: {how}-ablating the top heads ({positions} position)",
+                                       f"{how}-ablating the top heads ({positions} position)",
                                        token_loss=abl_tl)
     sf = res.stage("function_vectors", {"n": n_eval, "k": k, "seed": 1, "top": None, "eval_tasks": sorted(eval_t),
                                         "ranking": ranks, "fv_bias": protocol.fv_bias, "fv_layer": protocol.fv_layer})
@@ -289,27 +280,10 @@ def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corr
                "function_vectors": fv_summary(fvt), "disjoint_tasks": disjoint,
                "seconds": round(time.time() - t0, 1)}
     res.write_json("summary.json", summary)
-    write_report(res.file("report.html"), f"Head atlas: {model_spec}", [
-        {"heading": "What ran", "text": __doc__},
-        {"heading": "Scores", "text": "Induction: attention to the token after the previous occurrence of the current "
-         "token on repeated random tokens. FV: the causal indirect effect of a head's task-mean output on "
-         "label-corrupted prompts (Todd et al.).", "figure": figs["induction"]},
-        {"figure": figs["fv"]}, {"figure": figs["scatter"]},
-        {"heading": "Top heads and their overlap", "text": json.dumps(overlap, default=str) + "\n\n"
-         + summary["top_head_evidence"]["verdict"]},
-        {"heading": "Ablation study", "figure": figs["ablation"],
-         "text": f"Random heads: mean over seeds with a {abl_protocol['interval']}. " + " ".join(abl_protocol["notes"]),
-         "table": ablation_summary(abl[~is_copy])},
-        *([{"heading": "Ablation study: token-loss difference (ablated at every position)",
-            "table": ablation_summary(abl_tl, "difference")}] if abl_tl is not None else []),
-        *([{"heading": "Ablation study: copying prompts (fresh mapping, repeated query)",
-            "table": copy_curve.reset_index()}] if copy_curve is not None else []),
-        {"heading": f"Function vectors (added to zero-shot prompts at the final position; "
-                    f"{summary['function_vectors']['layer_convention']}; accuracy by layer, mean over tasks). "
-                    f"{summary['function_vectors']['verdict']}",
-         "table": fvt.groupby("layer")[["zero_shot_acc", "with_fv_acc", "few_shot_acc"]].mean().reset_index()},
-        {"heading": "All heads", "table": table},
-    ])
+    write_atlas_report(res, summary, table, abl, abl_tl, copy_curve, fvt, figs, abl_protocol,
+                       run_metadata(started=t0, model=str(model_spec), prompts_per_task=n_eval,
+                                    scoring_prompts=n_clean, shots=k, seeds=random_seeds,
+                                    protocol=protocol_name(protocol)))
     res.mark_finished()
     log("accuracy on task prompts:\n" + curve.round(3).to_string())
     if copy_curve is not None:
@@ -322,3 +296,133 @@ def _atlas(model, model_spec, res, score_t, eval_t, disjoint, k, n_clean, n_corr
     log(f"results in {res.path}/ (report.html) in {summary['seconds']} s")
     return summary
 
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+ABOUT = ("Induction score: attention from a token to the token after its previous occurrence, on repeated "
+         "random tokens. FV score: the causal indirect effect of a head's task-mean output, patched into "
+         "label-corrupted prompts, on the correct answer (Todd et al. 2024). Ablation: the top heads of each "
+         "ranking replaced by their mean output; random head sets of the same size as the baseline.")
+
+
+def protocol_name(protocol: Protocol) -> str:
+    """"published", "iclscope" or "custom (fields in the settings)" for the run metadata."""
+    if protocol == Protocol():
+        return "published"
+    if protocol == Protocol.iclscope():
+        return "iclscope"
+    return "custom (every field in the settings' protocol block)"
+
+
+def _hn(head) -> str:
+    return f"L{int(head[0])}H{int(head[1])}"
+
+
+def _headline_fraction(fracs) -> float | None:
+    """The ablated fraction the summary speaks of: the one nearest 10 % of heads (above 0)."""
+    fr = sorted(f for f in set(map(float, fracs)) if f > 0)
+    return min(fr, key=lambda f: abs(f - 0.1)) if fr else None
+
+
+def atlas_findings(summary: dict, abl_sum: pd.DataFrame | None) -> list[Finding]:
+    """The atlas's headline results, one sentence each with its uncertainty and baseline: the best
+    induction and FV head against their baselines (``top_head_evidence``), the overlap of the two top
+    sets, the accuracy left when the top heads of each kind are ablated against random heads (a t
+    interval over seeds), and the function vector's best layer. ``abl_sum``: ``ablation_summary`` of the
+    task prompts (None without an ablation)."""
+    out: list[Finding] = []
+    ev = summary.get("top_head_evidence") or {}
+    z = ev.get("z_threshold", 2.0)
+    for kind, name, against in (("induction", "induction", "the same targets on unrepeated tokens"),
+                                ("fv", "FV", "zero")):
+        e = ev.get(kind)
+        if not e:
+            continue
+        sem = e["sem"] if e["sem"] is not None and np.isfinite(e["sem"]) else None
+        out.append(Finding(
+            f"The top {name} head is {_hn(e['head'])}: score {e['score']:.3g}, {e['excess']:.3g} above {against}"
+            + ("." if e["distinguishable"] else f"; not distinguishable from its baseline (a top score of "
+               f"{summary.get('heads', 'all')} heads needs > {z:.1f} SEM)."),
+            value=e["excess"], interval=None if sem is None else (e["excess"] - z * sem, e["excess"] + z * sem),
+            interval_kind=f"± {z:.1f} SEM", baseline=f"{against}: {e['baseline']:.3g}",
+            within_noise=not e["distinguishable"]))
+    th = summary.get("top_heads") or {}
+    if th:
+        n, k, ov = summary.get("heads"), th["top_k"], len(th["overlap"])
+        exp = k * k / n if n else None
+        out.append(Finding(
+            f"{ov} of the top {k} induction heads {'is' if ov == 1 else 'are'} also top {k} FV heads"
+            + (f" ({', '.join(_hn(h) for h in th['overlap'])})" if ov else "")
+            + f"; rank correlation of the two scores over all heads: {th['spearman_induction_fv']:.2f}.",
+            value=ov, baseline=None if exp is None else f"random {k}-sets overlap by {exp:.2g} on average",
+            within_noise=exp is not None and ov <= max(1.0, 2 * exp)))
+    if abl_sum is not None and len(abl_sum):
+        f = _headline_fraction(abl_sum.fraction)
+        at = abl_sum[abl_sum.fraction == f] if f is not None else abl_sum.iloc[:0]
+        base = abl_sum[abl_sum.fraction == 0]
+        none = float(base.accuracy.mean()) if len(base) else None
+        rnd = at[at.ranking == "random"]
+        for ranking, name in (("fv", "FV"), ("induction", "induction")):
+            r = at[at.ranking == ranking]
+            if not len(r):
+                continue
+            acc, k = float(r.accuracy.iloc[0]), int(r.k.iloc[0])
+            if len(rnd) and np.isfinite(rnd.ci_low.iloc[0]):
+                lo, hi, rm = float(rnd.ci_low.iloc[0]), float(rnd.ci_high.iloc[0]), float(rnd.accuracy.iloc[0])
+                base_txt = f"random {k} head{'' if k == 1 else 's'}: {rm:.2f} (95 % t interval {lo:.2f} to {hi:.2f}, {int(rnd.n_seeds.iloc[0])} seeds)"
+                noise = lo <= acc <= hi
+            elif len(rnd):
+                base_txt, noise = f"random {k} heads: {float(rnd.accuracy.iloc[0]):.2f} (one seed, no interval)", True
+            else:
+                base_txt, noise = None, True
+            out.append(Finding(
+                f"Ablating the top {k} {name} head{'' if k == 1 else 's'} ({100 * f:.0f} % of heads) leaves few-shot accuracy at {acc:.2f}"
+                + (f" (nothing ablated: {none:.2f})" if none is not None else "")
+                + ("; within the random heads' interval." if noise else "."),
+                value=acc, baseline=base_txt, within_noise=noise))
+    fs = summary.get("function_vectors")
+    if fs:
+        out.append(Finding(
+            f"Adding the function vector ({fs['heads']} heads) at layer {fs['best_layer']} moves zero-shot accuracy "
+            f"from {fs['zero_shot_acc']:.2f} to {fs['with_fv_acc']:.2f} (few-shot: {fs['few_shot_acc']:.2f})"
+            + ("." if fs["distinguishable"] else "; no layer's gain is distinguishable from zero."),
+            value=fs["gain"], interval=(fs["gain"] - 2 * fs["gain_sem"], fs["gain"] + 2 * fs["gain_sem"]),
+            interval_kind="± 2 SEM", baseline=f"zero gain; spread over tasks {fs['gain_task_std']:.2f}",
+            within_noise=not fs["distinguishable"]))
+    return out
+
+
+def write_atlas_report(res, summary: dict, table: pd.DataFrame, abl: pd.DataFrame, abl_tl, copy_curve, fvt,
+                       figs: dict, abl_protocol: dict, metadata: dict) -> Path:
+    """The atlas's report.html: the findings first, then the scores (scatter, heat maps), the top heads,
+    the ablation study, the function vectors and every head's scores."""
+    from ...report.figures.atlas import ablation_wide
+
+    is_copy = abl.task.str.startswith("copy:")
+    abl_sum = ablation_summary(abl[~is_copy]) if len(abl) else None
+    th = summary["top_heads"]
+    top = pd.DataFrame([{"rank": i + 1, "top induction": _hn(a), "top FV": _hn(b)}
+                        for i, (a, b) in enumerate(zip(th["induction"], th["fv"]))])
+    fs = summary["function_vectors"]
+    tasks_note = ("Scoring and evaluation tasks are disjoint." if summary.get("disjoint_tasks") else
+                  "Scoring and evaluation tasks overlap (fewer than 4 tasks, or chosen so).")
+    return write_report(res.file("report.html"), f"Head atlas: {summary['model']}", [
+        {"heading": "Induction and FV heads", "text": ABOUT + " " + tasks_note, "figure": figs["scatter"]},
+        {"heading": "Every head's scores", "figure": figs.get("scores") or figs["induction"],
+         "caption": "Induction, FV and previous-token scores of every head (layer x head)."},
+        {"heading": "Top heads", "text": f"The top {th['top_k']} heads by each score (2 % of heads, at least 3); "
+         "the summary says whether the best of each clears its baseline.", "table": top},
+        {"heading": "Ablation study", "figure": figs["ablation"],
+         "text": f"Random heads: mean over seeds with a {abl_protocol['interval']}. " + " ".join(abl_protocol["notes"]),
+         "table": None if abl_sum is None else ablation_wide(abl_sum)},
+        *([{"heading": "Ablation study: token-loss difference (ablated at every position)",
+            "table": ablation_wide(ablation_summary(abl_tl, "difference"), "difference")}] if abl_tl is not None else []),
+        *([{"heading": "Ablation study: copying prompts (fresh mapping, repeated query)",
+            "table": copy_curve.reset_index()}] if copy_curve is not None else []),
+        {"heading": "Function vectors",
+         "text": f"The FV added to zero-shot prompts at the final position; {fs['layer_convention']}; accuracy by "
+                 f"layer, mean over tasks. {fs['verdict'][:1].upper() + fs['verdict'][1:]}.",
+         "table": fvt.groupby("layer")[["zero_shot_acc", "with_fv_acc", "few_shot_acc"]].mean().reset_index()},
+        {"heading": "All heads", "table": table},
+    ], findings=atlas_findings(summary, abl_sum), metadata=metadata)

@@ -46,6 +46,7 @@ is compared with random head sets of the same size, each random head given the o
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -57,8 +58,9 @@ from ... import store
 from ...errors import IclscopeError
 from ...store import safe_name
 from ..atlas import check_score_settings
-from ...report import ResultsDir, write_report
+from ...report import Finding, ResultsDir, run_metadata, write_report
 from ...report.figures import short_name
+from ...report.progress import progress
 from .checkpoints import Checkpoint, revision_checkpoints, run_checkpoints
 from .figures import accuracy_figure, heatmaps_figure, trajectories_figure, transitions_figure
 from .reuse import reuse_candidates
@@ -109,6 +111,8 @@ tasks, k, n_clean, n_corrupt, n_eval, seed, dtype); inside it, the atlas's stage
     with ResultsDir(out, cfg, command="dynamics") as res:
         log(f"dynamics of {source}: {len(ckpts)} checkpoints -> {res.path}/")
         records = []
+        bar = progress(total=len(ckpts), desc="dynamics", unit="checkpoint",
+                       quiet=os.environ.get("ICLSCOPE_QUIET", "") not in ("", "0"))
         for i, ck in enumerate(ckpts):
             folder = res.file("checkpoints") / safe_name(ck.name)
             key = checkpoint_key(ck, tasks_dir, k, n_clean, n_corrupt, n_eval, seed, dtype)
@@ -126,6 +130,9 @@ tasks, k, n_clean, n_corrupt, n_eval, seed, dtype); inside it, the atlas's stage
                                     f"{records[0]['name']} ({records[0]['arch']}); finished checkpoints are kept in "
                                     f"{res.path}/checkpoints/")
             records.append(rec)
+            bar.update(1)
+            bar.set_postfix(checkpoint=ck.name)
+        bar.close()
         summary = _write(res, ckpts, records, source, run, top, rel, n_random, seed, t0)
         if after is not None:
             after(res, summary)
@@ -157,15 +164,55 @@ def _write(res, ckpts, records, source, run, top, rel, n_random, seed, t0) -> di
                "final": ck_table.iloc[-1].to_dict()}
     res.write_json("summary.json", summary)
     write_report(res.file("report.html"), f"Head dynamics: {title}", [
-        {"heading": "What ran", "text": __doc__},
-        {"heading": "Checkpoints", "table": ck_table},
-        {"heading": "Score trajectories", "figure": figs["trajectories"]},
+        {"heading": "Role transitions", "text": transition_text(tsum), "figure": figs["transitions"]},
+        {"heading": "Score trajectories", "text": "The induction, FV and previous-token scores of the final top heads "
+         "of each kind at every checkpoint.", "figure": figs["trajectories"]},
         {"heading": "Every head at every checkpoint", "figure": figs["heatmaps"]},
         {"heading": "Accuracy over training", "figure": figs["accuracy"]},
-        {"heading": "Role transitions", "text": transition_text(tsum), "figure": figs["transitions"],
-         "table": trans},
-    ])
+        {"heading": "Checkpoints", "table": ck_table.drop(columns=["order"] + (
+            ["reused_from"] if ck_table.reused_from.isna().all() else []))},
+        {"heading": "Heads in each role", "table": trans if len(trans) else None},
+    ], findings=dynamics_findings(tsum, ck_table),
+       metadata=run_metadata(started=t0, source=source, checkpoints=len(ckpts), top=top, seeds=[seed]))
     return json.loads(store.dumps_json(summary))
+
+
+def dynamics_findings(tsum: dict, ck_table: pd.DataFrame) -> list[Finding]:
+    """The dynamics' headline results: whether the best induction and FV scores rise over the checkpoints
+    at all (against random checkpoint orders), and the role transitions (final FV heads that were
+    induction heads first, and the reverse) against random head sets, each with its verdict."""
+    from .transitions import formation_baseline, verdict
+
+    out = []
+    for col, name in (("max_induction", "induction"), ("max_fv", "FV")):
+        if col not in ck_table or len(ck_table) < 2:
+            continue
+        v = ck_table[col].to_numpy(dtype=float)
+        fb = formation_baseline(v)
+        text = f"The best {name} score goes from {v[0]:.3g} at the first checkpoint to {v[-1]:.3g} at the last"
+        if fb["rise"] is None:
+            out.append(Finding(text + f"; {fb['verdict']}.", within_noise=True))
+            continue
+        out.append(Finding(text + f"; its rise over the checkpoints {fb['verdict']} (P(random order ≥ observed) = "
+                           f"{fb['p_random_ge_observed']:.2g}).", value=fb["rise"],
+                           baseline=f"random checkpoint orders: {fb['random_mean']:.3g} (95 % "
+                                    f"{fb['random_95'][0]:.3g} to {fb['random_95'][1]:.3g})",
+                           within_noise=fb["p_random_ge_observed"] >= 0.05))
+    for key, role, other in (("fv_heads_through_induction", "FV", "induction"),
+                             ("induction_heads_through_fv", "induction", "FV")):
+        r = tsum.get(key) or {}
+        if r.get("fraction") is None:
+            out.append(Finding(r.get("note", f"No head is a top {role} head at the final checkpoint") + ".",
+                               within_noise=True))
+            continue
+        v = verdict(r["p_random_ge_observed"])
+        out.append(Finding(
+            f"{round(r['fraction'] * r['n'])} of the {r['n']} final top {role} heads were top {other} heads before their {role} "
+            f"onset: {v} (P(random ≥ observed) = {r['p_random_ge_observed']:.2g}).",
+            value=r["fraction"], baseline=f"random head sets: {r['random_mean']:.2f} (95 % {r['random_95'][0]:.2f} to "
+                                          f"{r['random_95'][1]:.2f})",
+            within_noise=v != "beats the random baseline"))
+    return out
 
 
 def json_default(v):

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ...report.figures import save_figure
+from ...report.figures.common import COLORS, label_points
 
 # a testbed run's evaluation conditions (columns of its metrics.csv) and their labels
 METRIC_LABELS = {"stored_repeat_acc": "stored task, repeated query",
@@ -119,29 +120,31 @@ def transitions_figure(long: pd.DataFrame, trans: pd.DataFrame, summary: dict, p
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1.6, 1]})
     C = long.order.nunique()
     cmap = colormaps["plasma"]
-    seen = set()
+    ends: dict = {}  # head -> its final (induction, FV) point, labelled once after the legend is drawn
     for role, ls in (("fv", "-"), ("induction", "--")):
         for _, r in trans[trans.role == role].iterrows() if len(trans) else []:
             key = (int(r.layer), int(r["head"]))
             d = long[(long.layer == key[0]) & (long["head"] == key[1])].sort_values("order")
-            a.plot(d.induction, d.fv, ls=ls, lw=1.2, color="k" if role == "fv" else "grey", alpha=0.6)
+            a.plot(d.induction, d.fv, ls=ls, lw=1.2, color=COLORS[role], alpha=0.6)
             a.scatter(d.induction, d.fv, c=d.order / max(C - 1, 1), cmap=cmap, s=18, zorder=3, vmin=0, vmax=1)
-            if key not in seen:
-                a.annotate(f"L{key[0]}H{key[1]}", (d.induction.iloc[-1], d.fv.iloc[-1]), fontsize=8,
-                           xytext=(4, 4), textcoords="offset points")
-                seen.add(key)
+            ends.setdefault(key, (float(d.induction.iloc[-1]), float(d.fv.iloc[-1])))
     thr = summary.get("threshold", {})
     if thr.get("induction") is not None:
-        a.axvline(thr["induction"], color="tab:blue", ls=":", lw=1, label="top-induction threshold")
+        a.axvline(thr["induction"], color=COLORS["induction"], ls=":", lw=1, label="top-induction threshold")
     if thr.get("fv") is not None:
-        a.axhline(thr["fv"], color="tab:orange", ls=":", lw=1, label="top-FV threshold")
+        a.axhline(thr["fv"], color=COLORS["fv"], ls=":", lw=1, label="top-FV threshold")
     sm = cm.ScalarMappable(cmap=cmap)
     sm.set_array([0, 1])
     fig.colorbar(sm, ax=a, label="training progress (first to last checkpoint)")
     a.set_xlabel("induction score")
     a.set_ylabel("FV score")
-    a.set_title("paths of the final top FV heads (solid) and top induction heads (dashed)", fontsize=9)
-    a.legend(fontsize=7, loc="upper left")
+    a.set_title("paths of the final top FV heads (solid) and top induction heads (dashed)")
+    a.margins(0.12)
+    if a.get_legend_handles_labels()[0]:
+        a.legend(loc="upper left")
+    fig.canvas.draw()  # the layout first, so that the labels are placed where they will be drawn
+    label_points(a, [p[0] for p in ends.values()], [p[1] for p in ends.values()],
+                 [f"L{k[0]}H{k[1]}" for k in ends], max_labels=None)
     labels, obs, means, lo, hi = [], [], [], [], []
     for key, lab in (("fv_heads_through_induction", "FV heads that were\ninduction heads first"),
                      ("induction_heads_through_fv", "induction heads that were\nFV heads first")):
@@ -155,8 +158,8 @@ def transitions_figure(long: pd.DataFrame, trans: pd.DataFrame, summary: dict, p
         hi.append(s["random_95"][1] - s["random_mean"])
     xs = np.arange(len(labels))
     if labels:
-        b.bar(xs - 0.18, obs, 0.36, label="observed", color="tab:orange")
-        b.bar(xs + 0.18, means, 0.36, yerr=[lo, hi], capsize=4, label="random head sets (95 %)", color="lightgrey")
+        b.bar(xs - 0.18, obs, 0.36, label="observed", color=COLORS["fv"])
+        b.bar(xs + 0.18, means, 0.36, yerr=[lo, hi], capsize=4, label="random head sets (95 %)", color=COLORS["random"], alpha=0.5)
         for xi, o, m in zip(xs, obs, means):
             b.annotate(f"{o:.2f}", (xi - 0.18, o), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
                        textcoords="offset points")
@@ -166,7 +169,7 @@ def transitions_figure(long: pd.DataFrame, trans: pd.DataFrame, summary: dict, p
         b.set_xticklabels(labels, fontsize=8)
     b.set_ylim(0, 1.05)
     b.set_ylabel("fraction of heads")
-    b.set_title("passed through the other role first", fontsize=9)
-    b.legend(fontsize=8)
+    b.set_title("passed through the other role first")
+    b.legend()
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)

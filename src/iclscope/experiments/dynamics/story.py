@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 
 from ...report import write_report
+from ...report import Finding
 from ...report.figures import save_figure, short_name
-from .command import json_default, run_dynamics
+from ...report.figures.common import COLORS
+from .command import dynamics_findings, json_default, run_dynamics
 from .figures import METRIC_LABELS
 from .transitions import formation_baseline, transition_text, verdict
 
@@ -102,19 +104,21 @@ def testbed_story(run_dir: str | Path, out: str | Path, checkpoints=None, top: i
         a.set_xscale("log")
         a.set_xlabel("training step")
         a.set_ylabel("accuracy")
-        a.set_title("what the model can do (metrics.csv)", fontsize=9)
-        a.legend(fontsize=7)
+        a.set_title("what the model can do (metrics.csv)")
+        if a.get_legend_handles_labels()[0]:
+            a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2))
         x = np.maximum(ck.step, 1)
-        b.plot(x, ck.max_induction / (ind_final or 1), marker="o", label=f"best induction score (/ {ind_final:.2f})")
-        b.plot(x, ck.max_fv / (fv_final or 1), marker="s", label=f"best FV score (/ {fv_final:.3f})")
-        for key, col in (("induction_heads_form_step", "tab:blue"), ("fv_heads_form_step", "tab:orange")):
+        b.plot(x, ck.max_induction / (ind_final or 1), marker="o", color=COLORS["induction"],
+               label=f"best induction score (/ {ind_final:.2f})")
+        b.plot(x, ck.max_fv / (fv_final or 1), marker="s", color=COLORS["fv"], label=f"best FV score (/ {fv_final:.3f})")
+        for key, col in (("induction_heads_form_step", COLORS["induction"]), ("fv_heads_form_step", COLORS["fv"])):
             if story.get(key):
                 b.axvline(story[key], color=col, ls=":", lw=1)
         b.set_xscale("log")
         b.set_xlabel("training step")
         b.set_ylabel("fraction of the final value")
-        b.set_title("when each kind of head forms (dotted: half the final value, for good)", fontsize=9)
-        b.legend(fontsize=7)
+        b.set_title("when each kind of head forms (dotted: half the final value, for good)")
+        b.legend()
         for _, r in fvh.iterrows():
             d = long[(long.layer == r.layer) & (long["head"] == r["head"])].sort_values("order")
             line, = c.plot(np.maximum(d.step, 1), d.induction, marker="o", ms=3, label=f"L{int(r.layer)}H{int(r['head'])} induction")
@@ -122,9 +126,10 @@ def testbed_story(run_dir: str | Path, out: str | Path, checkpoints=None, top: i
                    label=f"L{int(r.layer)}H{int(r['head'])} FV (/ final best)")
         c.set_xscale("log")
         c.set_xlabel("training step")
-        c.set_title("the final FV heads: induction score (solid), FV score (dashed)", fontsize=9)
-        c.legend(fontsize=6, ncol=2)
-        fig.suptitle(f"testbed story: {short_name(str(run_dir))}", fontsize=10)
+        c.set_title("the final FV heads: induction score (solid), FV score (dashed)")
+        if c.get_legend_handles_labels()[0]:
+            c.legend(ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        fig.suptitle(f"testbed story: {short_name(str(run_dir))}")
         save_figure(fig, res.file("story.png"))
         write_report(res.file("story.html"), f"Testbed story: {short_name(str(run_dir))}", [
             {"heading": "What the data show", "text": story["text"], "figure": out / "story.png"},
@@ -132,12 +137,38 @@ def testbed_story(run_dir: str | Path, out: str | Path, checkpoints=None, top: i
             {"heading": "Score trajectories", "figure": out / "trajectories.png"},
             {"heading": "Every head at every checkpoint", "figure": out / "heatmaps.png"},
             {"heading": "Accuracy", "figure": out / "accuracy.png"},
-        ])
+        ], findings=story_findings(story, ck))
 
     run_dynamics(out, run=run_dir, checkpoints=checkpoints, top=top, rel=rel, reuse=reuse, log=log, after=tell,
                  **settings)
     log(story["text"])
     return story
+
+
+def story_findings(s: dict, ck: pd.DataFrame) -> list[Finding]:
+    """The story's headline results: when each kind of head forms (against random checkpoint orders), the
+    accuracy of each evaluation condition at the end, then the role transitions (``dynamics_findings``)."""
+    out = []
+    fb = s.get("formation_baseline", {})
+    for kind, name, step_key in (("induction", "induction", "induction_heads_form_step"),
+                                 ("fv", "FV", "fv_heads_form_step")):
+        b = fb.get(kind) or {}
+        step = s.get(step_key)
+        when = f"at step {step}" if step is not None else "never for good"
+        if b.get("rise") is None:
+            out.append(Finding(f"{name.capitalize()} heads form {when}; {b.get('verdict', 'no baseline')}.",
+                               within_noise=True))
+            continue
+        out.append(Finding(f"{name[0].upper() + name[1:]} heads form {when} (best score at half its final value, for "
+                           f"good); the rise {b['verdict']}.", value=b["rise"],
+                           baseline=f"random checkpoint orders: 95 % {b['random_95'][0]:.3g} to {b['random_95'][1]:.3g}",
+                           within_noise=b["p_random_ge_observed"] is None or b["p_random_ge_observed"] >= 0.05))
+    for col, v in s.get("accuracy", {}).items():
+        out.append(Finding(f"{METRIC_LABELS[col][0].upper() + METRIC_LABELS[col][1:]}: final accuracy {v['final']:.2f}; "
+                           f"reaches 0.5 for good at {'never' if v['reaches_0.5'] is None else 'step ' + str(v['reaches_0.5'])}.",
+                           value=v["final"]))
+    out += [f for f in dynamics_findings(s["role_transitions"], ck) if "of the" in f.text]
+    return out
 
 
 def story_text(s: dict) -> str:
