@@ -100,19 +100,9 @@ def _meta_params(config) -> int:
 
 
 def _random_config(spec: str):
-    from .models.hf.random import RANDOM_OPTIONS, random_config
+    from .models.hf.random import random_spec
 
-    parts = spec.split(":", 2)
-    family = parts[1] if len(parts) > 1 else ""
-    opts: dict = {}
-    if len(parts) == 3 and parts[2]:
-        for kv in parts[2].split(","):
-            k, _, v = kv.partition("=")
-            if k not in RANDOM_OPTIONS or not v.lstrip("-").isdigit():
-                raise IclscopeError(f"{spec}: bad option {kv!r}; options are {', '.join(RANDOM_OPTIONS)} (integers)")
-            opts[k] = int(v)
-    opts.pop("seed", None)
-    return random_config(family, **opts)
+    return random_spec(spec)[0]
 
 
 def count_parameters(spec: str, revision: str | None = None) -> int:

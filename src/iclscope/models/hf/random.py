@@ -168,14 +168,9 @@ def _generic_config(family, layers, heads, d_model, kv, n_ctx, common):
     return cfg
 
 
-def load_random(spec: str, dtype=None, device=None) -> HFModel:
-    """``random:<family>[:key=value,...]`` e.g. ``random:llama:layers=4,heads=8,kv_heads=2,seed=1``.
-
-    Options: layers, heads, d_model, kv_heads, n_ctx, seed (integers) and ``tokenizer=family`` (default:
-    the family's shipped subword tokenizer, vocab_size 4096) or ``tokenizer=byte`` (:func:`byte_tokenizer`,
-    vocab_size 257, BOS/EOS 256)."""
-    from transformers import AutoModelForCausalLM
-
+def random_spec(spec: str) -> tuple:
+    """Parse and check ``random:<family>[:key=value,...]``: returns (config, tokenizer kind, seed, family), the config
+    exactly as ``load_random`` builds it (the one parser of these specs; the engine sizes jobs with it)."""
     parts = spec.split(":", 2)
     family = parts[1] if len(parts) > 1 else ""
     opts: dict = {}
@@ -196,13 +191,22 @@ def load_random(spec: str, dtype=None, device=None) -> HFModel:
                             f"{REFUSED.get(family) or OWN_ATTENTION[family]}")
     if family not in RANDOM_FAMILIES:
         raise IclscopeError(f"unknown family {family!r} for random:<family>; choose from {', '.join(RANDOM_FAMILIES)}")
-    if kind == "byte":
-        tokenizer = byte_tokenizer()
-    else:
-        tokenizer = family_tokenizer(tokenizer_family(family))
+    if kind != "byte":
         vocab, bos, eos = _special_ids(tokenizer_family(family))
         opts.update(vocab=vocab, bos_id=bos, eos_id=eos)
-    cfg = random_config(family, **opts)
+    return random_config(family, **opts), kind, seed, family
+
+
+def load_random(spec: str, dtype=None, device=None) -> HFModel:
+    """``random:<family>[:key=value,...]`` e.g. ``random:llama:layers=4,heads=8,kv_heads=2,seed=1``.
+
+    Options: layers, heads, d_model, kv_heads, n_ctx, seed (integers) and ``tokenizer=family`` (default:
+    the family's shipped subword tokenizer, vocab_size 4096) or ``tokenizer=byte`` (:func:`byte_tokenizer`,
+    vocab_size 257, BOS/EOS 256)."""
+    from transformers import AutoModelForCausalLM
+
+    cfg, kind, seed, family = random_spec(spec)
+    tokenizer = byte_tokenizer() if kind == "byte" else family_tokenizer(tokenizer_family(family))
     register()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
