@@ -89,57 +89,7 @@ def _count(n: int) -> str:
 
 # ------------------------------------------------------------------------------------------ estimating
 
-def _meta_params(config) -> int:
-    """Parameters of a transformers model built from ``config`` on the meta device (no memory used)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        module = AutoModelForCausalLM.from_config(config)
-    return int(sum(p.numel() for p in module.parameters()))
-
-
-def _random_config(spec: str):
-    from .models.hf.random import random_spec
-
-    return random_spec(spec)[0]
-
-
-def count_parameters(spec: str, revision: str | None = None) -> int:
-    """The parameter count of the model ``spec`` names, from its config (weights are never loaded).
-
-    random:<family>[:options] from the options; a folder with iclscope.json (an iclscope model) from the
-    size of its weight files (stored as float32); a folder with config.json, or a hub name (the local
-    Hugging Face cache first, then the hub unless offline), from config.json. IclscopeError when none of
-    these is found."""
-    spec = str(spec)
-    if spec.startswith("random:"):
-        return _meta_params(_random_config(spec))
-    from transformers import AutoConfig
-
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        from .models import CONFIG_FILE
-        if (path / CONFIG_FILE).exists():
-            size = sum(p.stat().st_size for p in path.iterdir()
-                       if p.is_file() and p.suffix in (".safetensors", ".pt", ".bin", ".pth"))
-            return size // 4
-        if (path / "config.json").exists():
-            try:
-                return _meta_params(AutoConfig.from_pretrained(str(path), local_files_only=True))
-            except (OSError, ValueError) as e:
-                raise IclscopeError(f"{spec}: unreadable config.json ({str(e).splitlines()[0]})") from None
-        raise IclscopeError(f"{spec}: the folder holds no model (no config.json, no iclscope.json)")
-    if spec.startswith((".", "/", "~")):
-        raise IclscopeError(f"{spec}: no such folder")
-    from .models.hf.hub import revision_config
-
-    cfg = revision_config(spec, revision or "main")
-    model_type = cfg.pop("model_type", None)
-    try:
-        return _meta_params(AutoConfig.for_model(model_type, **cfg))
-    except (ValueError, KeyError) as e:
-        raise IclscopeError(f"{spec}: cannot build a model from its config ({str(e).splitlines()[0]})") from None
+from .models import count_parameters  # noqa: E402  (re-exported; family-specific code lives in models/)
 
 
 def estimate_resources(spec: str, revision: str | None = None, dtype: str | None = None, *,

@@ -77,5 +77,17 @@ def checkpoint_info(path: str | Path) -> dict | None:
         raise IclscopeError(f"checkpoint {path}: unreadable {CONFIG_FILE} ({e})") from None
 
 
-__all__ = ["Cache", "HookPoints", "Model", "PrefixCache", "PrefixRows", "TinyConfig", "TinyModel", "TinyTransformer",
+def count_parameters(spec: str | Path, revision: str | None = None) -> int:
+    """The parameter count of the model ``spec`` names, without loading weights: random:<family> specs
+    from their options, iclscope model folders from the size of their float32 weight files, transformers
+    folders and hub names from their config. IclscopeError when none of these is found."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / CONFIG_FILE).exists():
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file() and p.suffix == ".safetensors") // 4
+    from .hf.hub import hf_parameter_count
+    return hf_parameter_count(spec, revision)
+
+
+__all__ = ["count_parameters", "Cache", "HookPoints", "Model", "PrefixCache", "PrefixRows", "TinyConfig", "TinyModel", "TinyTransformer",
            "checkpoint_info", "head_means", "load"]

@@ -161,3 +161,39 @@ def revision_architecture(name: str, revision: str) -> dict:
     from its config without loading weights: {model_type, num_hidden_layers, ...} (``ARCH_KEYS``)."""
     cfg = revision_config(name, revision)
     return {k: cfg.get(k) for k in ARCH_KEYS}
+
+
+def _meta_params(config) -> int:
+    """Parameters of a transformers model built from ``config`` on the meta device (no memory used)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        module = AutoModelForCausalLM.from_config(config)
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def hf_parameter_count(spec: str, revision: str | None = None) -> int:
+    """The parameter count of a random:<family> spec, a transformers folder or a hub model, from its
+    config alone (an empty model on the meta device: weights are never loaded)."""
+    from transformers import AutoConfig
+
+    if spec.startswith("random:"):
+        from .random import random_spec
+        return _meta_params(random_spec(spec)[0])
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "config.json").exists():
+            try:
+                return _meta_params(AutoConfig.from_pretrained(str(path), local_files_only=True))
+            except (OSError, ValueError) as e:
+                raise IclscopeError(f"{spec}: unreadable config.json ({str(e).splitlines()[0]})") from None
+        raise IclscopeError(f"{spec}: the folder holds no model (no config.json, no iclscope.json)")
+    if spec.startswith((".", "/", "~")):
+        raise IclscopeError(f"{spec}: no such folder")
+    cfg = revision_config(spec, revision or "main")
+    model_type = cfg.pop("model_type", None)
+    try:
+        return _meta_params(AutoConfig.for_model(model_type, **cfg))
+    except (ValueError, KeyError) as e:
+        raise IclscopeError(f"{spec}: cannot build a model from its config ({str(e).splitlines()[0]})") from None
