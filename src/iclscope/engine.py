@@ -202,7 +202,7 @@ class Engine:
         except ConnectionError as e:
             raise IclscopeError(f"cannot join the Ray cluster at {address!r}: {str(e).splitlines()[0]} "
                                 f"(start it with `ray start --head` first)") from None
-        self._watchdog = _start_watchdog() if self.embedded else None
+        self._watchdog = _start_watchdog(ray.get_runtime_context().get_node_id()) if self.embedded else None
         atexit.register(self.close)
         self._gpu_memory: int | None = None
         self._remote = None
@@ -323,10 +323,20 @@ def _proc_table() -> dict[int, tuple[int, str]]:
     return out
 
 
-def _watch(driver: int, interval: float = 0.5) -> None:
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _watch(driver: int, interval: float = 0.5, node_id: str = "") -> None:
     """Run in a separate process: remember every descendant of ``driver`` (the embedded Ray's GCS, raylet,
-    agents and workers) while it lives; once it is gone, SIGKILL them all. Ray's own agents would otherwise
-    linger for a minute or more after a SIGKILLed driver."""
+    agents and workers) while it lives; once it is gone, SIGKILL them all, in several passes: a worker that
+    Ray was starting at that instant (or that was reparented once its parent died) is found by the node id
+    on its command line. Ray's own agents would otherwise linger for a minute or more after a SIGKILLed
+    driver."""
     import signal
     import time
 
@@ -348,26 +358,34 @@ def _watch(driver: int, interval: float = 0.5) -> None:
                     known[pid] = st
                     changed = True
         if not alive:
-            for pid, st in known.items():
-                if table.get(pid, (0, None))[1] == st:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
+            me = os.getpid()
+            for _ in range(12):  # about 3 s of passes
+                for pid, st in known.items():
+                    if table.get(pid, (0, None))[1] == st:
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except OSError:
+                            pass
+                time.sleep(0.25)
+                table = _proc_table()
+                for pid, (ppid, st) in table.items():
+                    if pid != me and pid not in known and (ppid in known or (node_id and node_id in _cmdline(pid))):
+                        known[pid] = st
             return
         known = {p: st for p, st in known.items() if table.get(p, (0, None))[1] == st}
         time.sleep(interval)
 
 
-def _start_watchdog():
-    """A process that kills the embedded Ray when this driver dies (Linux only; None elsewhere)."""
+def _start_watchdog(node_id: str = ""):
+    """A process that kills the embedded Ray (node ``node_id``) when this driver dies (Linux only; None
+    elsewhere)."""
     import subprocess
     import sys
 
     if not os.path.isdir("/proc/self"):
         return None
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); " \
-           f"from iclscope.engine import _watch; _watch({os.getpid()})"
+           f"from iclscope.engine import _watch; _watch({os.getpid()}, node_id={node_id!r})"
     return subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -262,7 +262,7 @@ def run_compare(dirs: Sequence[str | Path], out: str | Path, labels: Sequence[st
     except (TypeError, ValueError):
         raise IclscopeError(f"--fractions must be numbers, got {fractions!r}") from None
     if not fractions or any(not 0 < f <= 1 for f in fractions):
-        raise IclscopeError(f"--fractions {fractions}: give fractions of heads in (0, 1] (the CLI takes percents)")
+        raise IclscopeError(f"--fractions {fractions}: give fractions of heads in (0, 1] (0.05 is 5 % of the heads)")
     if not 0 < float(depth_fraction) <= 1:
         raise IclscopeError(f"--depth-fraction {depth_fraction}: give a fraction of heads in (0, 1]")
     cfg = {"command": "compare", "dirs": [str(e["path"].resolve()) for e in entries],

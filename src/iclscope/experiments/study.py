@@ -85,9 +85,11 @@ def dynamics_job(out: str, kwargs: dict, log_path: str | None = None) -> dict:
 def compare_job(dirs: list[str], out: str, labels: list[str], fractions: list[float],
                 log_path: str | None = None) -> dict:
     """The comparison (in a Ray worker): ``run_compare(dirs, out, labels, fractions)``, then marked finished."""
-    from .compare import run_compare
+    from .compare import FRACTIONS, run_compare
 
-    summary = run_compare(dirs, out, labels=labels, fractions=tuple(fractions), log=_file_log(log_path))
+    # the atlas's ablation fractions start at 0 (no ablation); the comparison's are top-k sizes in (0, 1]
+    top = tuple(f for f in fractions if f > 0) or FRACTIONS
+    summary = run_compare(dirs, out, labels=labels, fractions=top, log=_file_log(log_path))
     mark_finished(out, "compare")
     return {"models": [m.get("label") for m in summary.get("models", [])]}
 
