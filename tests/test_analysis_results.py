@@ -21,7 +21,7 @@ from iclscope.tasks import build_tasks
 from iclscope.tasks.core import TaskError
 
 SPEC = "random:gpt2:layers=2,heads=4,d_model=32"
-FAST = dict(k=3, n_clean=4, n_corrupt=2, n_eval=4, random_seeds=1, fractions=(0.0, 0.25))
+FAST = dict(k=3, n_clean=4, n_corrupt=2, n_eval=4, random_seeds=1, fractions=(0.0, 0.25), measures=("first_token",))
 quiet = lambda *a: None  # noqa: E731
 
 
@@ -112,7 +112,7 @@ ATLAS_SCRIPT = """
 import sys, iclscope
 from iclscope.experiments.atlas import run_atlas
 run_atlas({spec!r}, sys.argv[1], log=lambda *a: None, k=3, n_clean=4, n_corrupt=2, n_eval=4, random_seeds=1,
-          fractions=(0.0, 0.25))
+          fractions=(0.0, 0.25), measures=("first_token",))
 """
 
 

@@ -12,7 +12,8 @@ from iclscope.experiments.atlas import attention_table, function_vector, ranked_
 
 from conftest import make_model
 
-FAST = dict(k=4, n_clean=8, n_corrupt=4, n_eval=8, random_seeds=2, fractions=(0.0, 0.1, 0.25))
+FAST = dict(k=4, n_clean=8, n_corrupt=4, n_eval=8, random_seeds=2, fractions=(0.0, 0.1, 0.25),
+            measures=("first_token",))  # the token-loss measure has its own tests (test_ablation.py)
 
 
 def test_ranked_heads_and_exclusion():
@@ -57,7 +58,9 @@ def test_function_vector_is_the_heads_contribution(family):
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])
 def test_atlas_end_to_end(tmp_path, family):
     model = iclscope.load(f"random:{family}")
-    s = run_atlas(f"random:{family}", tmp_path / "atlas", model=model, log=lambda *a: None, **FAST)
+    measures = ("first_token", "token_loss") if family == "llama" else ("first_token",)  # the default, once
+    s = run_atlas(f"random:{family}", tmp_path / "atlas", model=model, log=lambda *a: None,
+                  **{**FAST, "measures": measures})
     heads = pd.read_csv(tmp_path / "atlas" / "heads.csv")
     assert list(heads.columns[:2]) == ["layer", "head"] and len(heads) == model.n_layers * model.n_heads
     for col in ("induction", "prev_token", "duplicate", "fv", "induction_segments"):
@@ -69,6 +72,9 @@ def test_atlas_end_to_end(tmp_path, family):
     for f in ("report.html", "ablation.png", "induction.png", "fv.png", "induction_vs_fv.png", "function_vectors.csv"):
         assert (tmp_path / "atlas" / f).exists(), f
     assert s["disjoint_tasks"] is True
+    if family == "llama":  # the default measures: the token-loss difference under every setting too
+        tl = pd.read_csv(tmp_path / "atlas" / "ablation_token_loss.csv")
+        assert set(tl.ranking) == set(abl.ranking) and tl.difference.notna().all()
 
 
 def test_atlas_reuses_finished_stages(tmp_path):
