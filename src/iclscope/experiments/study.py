@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,12 +162,6 @@ def tasks_folder(study: Study, res: ResultsDir | None) -> str | None:
         missing = [n for n in chosen if n not in found]
         if missing:
             raise IclscopeError(f"tasks: no task file for {', '.join(missing)} in {', '.join(t.folders)}")
-        half = len(chosen) // 2
-        atlas_score = chosen if len(chosen) < 4 else chosen[:half]
-        if sorted(t.score) != atlas_score:
-            raise IclscopeError(f"tasks.score = {json.dumps(t.score)}: the atlas scores on the first half of the "
-                                f"task names in sorted order ({', '.join(atlas_score)}; every task when fewer than "
-                                f"4); list those in tasks.score, or leave tasks.score/eval out")
     if res is None:
         return None
     for name in chosen:
@@ -271,6 +264,8 @@ class _Run:
             if j.kind == "atlas":
                 kwargs = dict(tasks_dir=self.tasks_dir, revision=j.revision, dtype=j.dtype, device=device,
                               device_map=resources.device_map, **self.study.atlas_kwargs())
+                if self.study.tasks.score is not None:  # the chosen scoring / evaluation split
+                    kwargs.update(score_tasks=list(self.study.tasks.score), eval_tasks=list(self.study.tasks.eval))
                 fn, args = atlas_job, (j.spec, out, kwargs, log_path)
             else:
                 p = self.study.protocol
