@@ -235,11 +235,11 @@ def _run_all(jobs: list[tuple[dict, Path]], workers: int, log, stack: bool = Tru
         stacks += [big[:len(big) // 2], big[len(big) // 2:]]
     if len(stacks) < len(todo):
         log(f"  {len(todo)} runs in {len(stacks)} stack(s)")
-    from tqdm.auto import tqdm
+    from ..report.progress import progress
     ctx = mp.get_context("spawn")
     with _stop_on_sigterm(), ctx.Pool(min(workers, len(stacks)), initializer=_die_with_parent,
                                       initargs=(os.getpid(),)) as pool, \
-            tqdm(total=len(todo), unit="run", desc="trainings") as bar:
+            progress(len(todo), "trainings", unit="run") as bar:
         try:
             pending = [(len(g), pool.apply_async(_train_worker, ([(c, str(o)) for c, o in g],))) for g in stacks]
             for n, p in pending:

@@ -25,7 +25,7 @@ from .clamps import Clamps
 from .config import data_config, model_config, validate_config
 from .objectives import EVAL_SEED, OBJECTIVES, concat_batches, stack_objectives
 from ..report.progress import progress
-from ..report.tensorboard import group_tag, write_hparams
+from ..report.tensorboard import add_figure, group_tag, write_hparams
 from .phase import phase_summary
 from .rundir import RunDir
 
@@ -395,6 +395,25 @@ class Trainer:
 
         with SummaryWriter(str(run.run_dir.member_dir(r))) as w:
             write_hparams(w, {**run.cfg, "seed": run.seeds[r]}, summary["final"])
+            add_figure(w, "figures/loss", self._loss_figure(run, r, summary), summary["steps"])
+
+    @staticmethod
+    def _loss_figure(run: _Run, r: int, summary: dict):
+        """Train loss against sequences seen, every detected transition shaded (for TensorBoard's images)."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        df = pd.read_csv(run.run_dir.member_dir(r) / "metrics.csv")
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(df.sequences, df.train_loss, lw=1.5, label="train loss")
+        for t in summary.get("transitions") or []:
+            ax.axvspan(t["start_sequences"], t["end_sequences"], alpha=0.15, color="crimson")
+        ax.set_yscale("log")
+        ax.set_xlabel("sequences seen")
+        ax.set_ylabel("loss")
+        ax.set_title(f"{run.cfg.get('name', 'train')}, seed {run.seeds[r]}")
+        return fig
 
 
 def train(cfg: dict, out: str | Path, progress: bool = True, log=print) -> list[dict]:
