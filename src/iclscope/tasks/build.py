@@ -293,8 +293,32 @@ class Resources:
             words = sorted({w for w in text.split() if ENGLISH_WORD.fullmatch(w) and 3 <= len(w) <= 10})
             if not words:
                 raise ResourceMissing(f"word list {path} has no lowercase ASCII words")
-            self._cache["words"] = words
+            self._cache["words"], self._cache["words_path"] = words, path
         return self._cache["words"]
+
+    def known_words(self) -> frozenset[str] | None:
+        """Every lowercase word of the word list (any length), or None when no word list is installed."""
+        if "known" not in self._cache:
+            try:
+                self.words()
+            except ResourceMissing:
+                self._cache["known"] = None
+            else:
+                text = Path(self._cache["words_path"]).read_text(encoding="utf-8", errors="replace")
+                self._cache["known"] = frozenset(w for w in text.split() if ENGLISH_WORD.fullmatch(w))
+        return self._cache["known"]
+
+    def common_words(self) -> list[str]:
+        """The vocabulary of the word-list tasks: ``words_file`` as given when one was passed; otherwise
+        the installed word list's words that WordNet knows as lowercase lemmas with a SemCor count (all
+        parts of speech) >= ``WORD_LIST_MIN_COUNT`` -- common base forms, not the whole dictionary."""
+        words = self.words()
+        if self.words_file:
+            return words
+        if "common" not in self._cache:
+            common = set(_common_any(self.wordnet(), WORD_LIST_MIN_COUNT))
+            self._cache["common"] = [w for w in words if w in common]
+        return self._cache["common"]
 
     def freedict_entries(self) -> list[tuple[str, str]]:
         """(headword, definition text) of the FreeDict English-French dictionary, in file order."""
@@ -337,6 +361,13 @@ def _dict_b64(s: str) -> int:
 Pairs = list[tuple[str, str]]
 
 
+# SemCor tag count (summed over senses, in WordNet's cntlist.rev) from which a word counts as common:
+# SemCor is a 230k-word corpus, so 3 means the word was tagged at least three times in it.
+COMMON_MIN_COUNT = 3
+# The same for the word-list tasks (capitalize, letters, choose_*, alphabetically_*), any part of speech.
+WORD_LIST_MIN_COUNT = 5
+
+
 def _is_word(w: str) -> bool:
     return bool(ENGLISH_WORD.fullmatch(w))
 
@@ -352,6 +383,16 @@ def _common(wn: WordNet, pos: str, min_count: int) -> list[str]:
         if _is_word(lemma) and wn.count(lemma, pos) >= min_count and lemma in wn.synset(pos, entry.offsets[0]).words:
             out.append(lemma)
     return sorted(out)
+
+
+def _common_any(wn: WordNet, min_count: int) -> list[str]:
+    """Single-word lowercase lemmas whose SemCor count summed over parts of speech is >= ``min_count``
+    (each must be written in lowercase in the main sense of a part of speech it has)."""
+    total: dict[str, int] = defaultdict(int)
+    for pos in _POS_FILES:
+        for lemma in _common(wn, pos, 0):
+            total[lemma] += wn.count(lemma, pos)
+    return sorted(w for w, c in total.items() if c >= min_count)
 
 
 def build_antonym(res: Resources) -> Pairs:
@@ -408,53 +449,178 @@ def build_synonym(res: Resources) -> Pairs:
     return sorted(out.items())
 
 
+# UN member states (193), ISO 3166-1 alpha-3; source: https://www.un.org/en/about-us/member-states
+# (membership unchanged since South Sudan joined in 2011). The country-capital task keeps these only:
+# countryinfo also lists territories, defunct states and constituent countries.
+UN_MEMBERS = frozenset("""
+AFG ALB DZA AND AGO ATG ARG ARM AUS AUT AZE BHS BHR BGD BRB BLR BEL BLZ BEN BTN BOL BIH BWA BRA BRN BGR BFA
+BDI CPV KHM CMR CAN CAF TCD CHL CHN COL COM COG CRI CIV HRV CUB CYP CZE PRK COD DNK DJI DMA DOM ECU EGY SLV
+GNQ ERI EST SWZ ETH FJI FIN FRA GAB GMB GEO DEU GHA GRC GRD GTM GIN GNB GUY HTI HND HUN ISL IND IDN IRN IRQ
+IRL ISR ITA JAM JPN JOR KAZ KEN KIR KWT KGZ LAO LVA LBN LSO LBR LBY LIE LTU LUX MDG MWI MYS MDV MLI MLT MHL
+MRT MUS MEX FSM MDA MCO MNG MNE MAR MOZ MMR NAM NRU NPL NLD NZL NIC NER NGA MKD NOR OMN PAK PLW PAN PNG PRY
+PER PHL POL PRT QAT KOR ROU RUS RWA KNA LCA VCT WSM SMR STP SAU SEN SRB SYC SLE SGP SVK SVN SLB SOM ZAF SSD
+ESP LKA SDN SUR SWE CHE SYR TJK TZA THA TLS TGO TON TTO TUN TUR TKM TUV UGA UKR ARE GBR USA URY UZB VUT VEN
+VNM YEM ZMB ZWE""".split())
+
+
+@dataclass(frozen=True)
+class CapitalFix:
+    """A correction to countryinfo for one country (by ISO alpha-3 code), with the fact's source.
+
+    ``name``/``capital`` replace countryinfo's when given; ``drop`` leaves the country out (several
+    capitals, a disputed capital, or one in transition), since one answer would be wrong or arguable.
+    """
+
+    name: str | None = None
+    capital: str | None = None
+    drop: bool = False
+    why: str = ""
+
+
+CAPITAL_FIXES: dict[str, CapitalFix] = {
+    "KAZ": CapitalFix(capital="Astana", why="renamed from Nur-Sultan back to Astana on 17 Sep 2022 "
+                      "(constitutional amendment; https://en.wikipedia.org/wiki/Astana)"),
+    "BDI": CapitalFix(capital="Gitega", why="political capital since the law of 16 Jan 2019; Bujumbura stays the "
+                      "economic capital (https://en.wikipedia.org/wiki/Gitega)"),
+    "MKD": CapitalFix(name="North Macedonia", why="renamed in Feb 2019 (Prespa agreement; "
+                      "https://en.wikipedia.org/wiki/North_Macedonia)"),
+    "MMR": CapitalFix(name="Myanmar", capital="Naypyidaw", why="capital since 2006; countryinfo also lists it as "
+                      "'Burma' (https://en.wikipedia.org/wiki/Naypyidaw)"),
+    "SWZ": CapitalFix(name="Eswatini", drop=True, why="renamed from Swaziland in Apr 2018; two capitals, Mbabane "
+                      "(administrative) and Lobamba (legislative) (https://en.wikipedia.org/wiki/Eswatini)"),
+    "BOL": CapitalFix(drop=True, why="constitutional capital Sucre, seat of government La Paz "
+                      "(https://en.wikipedia.org/wiki/Bolivia)"),
+    "ZAF": CapitalFix(drop=True, why="three capitals: Pretoria, Cape Town, Bloemfontein "
+                      "(https://en.wikipedia.org/wiki/South_Africa)"),
+    "BEN": CapitalFix(drop=True, why="official capital Porto-Novo, seat of government Cotonou "
+                      "(https://en.wikipedia.org/wiki/Benin)"),
+    "CIV": CapitalFix(name="Côte d'Ivoire", drop=True, why="official capital Yamoussoukro, most of the government "
+                      "in Abidjan (https://en.wikipedia.org/wiki/Ivory_Coast)"),
+    "LKA": CapitalFix(drop=True, why="legislative capital Sri Jayawardenepura Kotte, executive and commercial "
+                      "capital Colombo (countryinfo says Colombo) (https://en.wikipedia.org/wiki/Sri_Lanka)"),
+    "ISR": CapitalFix(drop=True, why="Jerusalem's status as capital is internationally disputed "
+                      "(https://en.wikipedia.org/wiki/Status_of_Jerusalem)"),
+    "GNQ": CapitalFix(drop=True, why="capital being moved from Malabo to Ciudad de la Paz "
+                      "(https://en.wikipedia.org/wiki/Ciudad_de_la_Paz)"),
+}
+
+
 def build_country_capital(res: Resources) -> Pairs:
-    """country -> capital from countryinfo; entries with several or no capitals are left out."""
+    """country -> capital: the 193 UN member states in countryinfo, corrected by ``CAPITAL_FIXES``.
+
+    Countries with several capitals, a disputed one or one in transition are left out (see
+    ``CAPITAL_FIXES``), as are city-states whose capital has the country's own name (copying the
+    input would answer them). A leading "The " is dropped from names ("The Bahamas").
+    """
     ci = res.module("countryinfo")
-    if hasattr(ci, "all_countries"):  # countryinfo >= 1.0
-        rows = [(c.name(), c.capital()) for c in ci.all_countries()]
+    if hasattr(ci, "all_countries"):  # countryinfo >= 0.2
+        rows = [(c.info(), c.name(), c.capital()) for c in ci.all_countries()]
     else:  # countryinfo 0.1.x: CountryInfo().all() -> {key: info dict}
-        rows = [(info.get("name", key), info.get("capital")) for key, info in ci.CountryInfo().all().items()]
+        rows = [(info, info.get("name", key), info.get("capital")) for key, info in ci.CountryInfo().all().items()]
     out: dict[str, str] = {}
-    seen_capitals: set[str] = set()
-    for country, capital in rows:
+    done: set[str] = set()
+    for info, country, capital in rows:
+        code = ((info or {}).get("ISO") or {}).get("alpha3") if isinstance(info, dict) else None
+        if code not in UN_MEMBERS or code in done:
+            continue
+        fix = CAPITAL_FIXES.get(code, CapitalFix())
+        if fix.drop:
+            continue
+        country, capital = fix.name or country, fix.capital or capital
         if isinstance(capital, list):
             capital = capital[0] if len(capital) == 1 else None
         if not isinstance(country, str) or not isinstance(capital, str):
             continue
         country, capital = country.strip(), capital.strip()
-        if re.search(r"[(),/;]", country + capital) or not country or not capital:
-            continue
         if country.startswith("The "):
             country = country[4:]
-        if country in out or capital in seen_capitals:
+        if re.search(r"[(),/;]", country + capital) or not country or not capital:
             continue
+        if capital.casefold() == country.casefold() or capital in out.values():
+            continue
+        done.add(code)
         out[country] = capital
-        seen_capitals.add(capital)
     return sorted(out.items())
 
 
+def _squeeze(form: str) -> str:
+    """``form`` with doubled letters made single: US/UK spelling variants ("modeled", "modelled") meet."""
+    return re.sub(r"(.)\1", r"\1", form)
+
+
+# Where lemminflect's first form is not the usual one (checked against Merriam-Webster's entries):
+# a string replaces it, None leaves the word out (the usual plural is the unchanged word).
+INFLECTION_FIXES: dict[tuple[str, str], str | None] = {
+    ("person", "NNS"): "people",
+    ("fish", "NNS"): None, ("deer", "NNS"): None, ("moose", "NNS"): None, ("salmon", "NNS"): None,
+    ("trout", "NNS"): None, ("aircraft", "NNS"): None, ("offspring", "NNS"): None,
+    ("program", "VBD"): "programmed",
+}
+
+
+def _inflect(lem, lemma: str, upos: str, tag: str, known: frozenset[str] | None = None) -> str | None:
+    """lemminflect's ``tag`` form of ``lemma``, or None when it is not one clear answer.
+
+    None when ``lemma`` is itself an inflected form of another lemma ("found" of find, "glasses"),
+    when no form differs from a noun lemma (unchanged plurals, "sheep"), or when several forms remain
+    that are not doubled-letter spelling variants of each other ("lie" -> lay / lied, "leaf" -> leaves
+    / leafs); of spelling variants the first (American, "traveled") is kept. For nouns lemminflect
+    lists the lemma itself when the noun has an uncountable use ("box", "advice"): that entry is
+    ignored. With ``known`` (the installed word list), forms missing from it ("informations",
+    "advices") are ignored as well. ``INFLECTION_FIXES`` comes first.
+    """
+    if (lemma, tag) in INFLECTION_FIXES:
+        return INFLECTION_FIXES[(lemma, tag)]
+    if set(lem.getAllLemmas(lemma, upos=upos).get(upos, (lemma,))) - {lemma}:
+        return None
+    forms = [f for f in lem.getAllInflections(lemma, upos=upos).get(tag, ()) if _is_word(f)]
+    if upos == "NOUN":
+        forms = [f for f in forms if f != lemma]
+    if known is not None:
+        forms = [f for f in forms if f in known]
+    if not forms or len({_squeeze(f) for f in forms}) > 1:
+        return None
+    return forms[0]
+
+
 def build_present_past(res: Resources) -> Pairs:
-    """verb -> simple past (lemminflect ``VBD``, most common form), for WordNet verbs seen in SemCor."""
+    """verb -> simple past (lemminflect ``VBD``), for common WordNet verbs.
+
+    Verbs: single lowercase words with a SemCor count >= ``COMMON_MIN_COUNT`` as verbs. Left out when
+    the past is not one clear answer (see ``_inflect``: "lie" -> lay / lied, "found" as a form of
+    find); US/UK spelling variants keep the American form ("traveled"). When a word list is
+    installed (wamerican), only past forms it lists count.
+    """
     wn = res.wordnet()
     lem = res.module("lemminflect")
+    known = res.known_words()
     out = []
-    for verb in _common(wn, "v", 2):
-        forms = lem.getAllInflections(verb, upos="VERB").get("VBD")
-        if forms and _is_word(forms[0]):
-            out.append((verb, forms[0]))
+    for verb in _common(wn, "v", COMMON_MIN_COUNT):
+        past = _inflect(lem, verb, "VERB", "VBD", known)
+        if past:
+            out.append((verb, past))
     return out
 
 
 def build_singular_plural(res: Resources) -> Pairs:
-    """noun -> plural (lemminflect ``NNS``) for WordNet nouns seen in SemCor whose plural differs."""
+    """noun -> plural (lemminflect ``NNS``), for common countable WordNet nouns.
+
+    Nouns: single lowercase words with a SemCor count >= ``COMMON_MIN_COUNT`` as nouns, used at
+    least as often as nouns as as verbs. Left out: unchanged plurals ("sheep"), uncountable uses
+    ("advice"), words that are already plurals ("glasses") and nouns with competing plurals
+    ("criterion" -> criteria / criterions); see ``_inflect``. When a word list is installed
+    (wamerican), only plurals it lists count (drops "informations", "advices").
+    """
     wn = res.wordnet()
     lem = res.module("lemminflect")
+    known = res.known_words()
     out = []
-    for noun in _common(wn, "n", 2):
-        forms = lem.getAllInflections(noun, upos="NOUN").get("NNS")
-        if forms and _is_word(forms[0]) and forms[0] != noun:
-            out.append((noun, forms[0]))
+    for noun in _common(wn, "n", COMMON_MIN_COUNT):
+        if wn.count(noun, "n") < wn.count(noun, "v"):
+            continue
+        plural = _inflect(lem, noun, "NOUN", "NNS", known)
+        if plural:
+            out.append((noun, plural))
     return out
 
 
@@ -478,7 +644,7 @@ def build_english_french(res: Resources) -> Pairs:
 
 
 def _sample_words(res: Resources, salt: str, n: int) -> list[str]:
-    words = res.words()
+    words = res.common_words()
     rng = random.Random(f"{salt}-{res.seed}")
     return sorted(rng.sample(words, min(n, len(words))))
 
@@ -500,7 +666,7 @@ def build_last_letter(res: Resources) -> Pairs:
 
 def _word_lists(res: Resources, salt: str, size: int, pick: Callable[[list[str]], str]) -> Pairs:
     """``n_generated`` inputs "w1, w2, ..., w_size" of distinct words, output ``pick(words)``."""
-    words = res.words()
+    words = res.common_words()
     rng = random.Random(f"{salt}-{res.seed}")
     out, seen = [], set()
     while len(out) < res.n_generated:
