@@ -398,8 +398,9 @@ def _common_any(wn: WordNet, min_count: int) -> list[str]:
 def build_antonym(res: Resources) -> Pairs:
     """word -> its antonym in its most frequent sense that has one (WordNet lexical "!" pointers).
 
-    Inputs: single lowercase words seen in SemCor; parts of speech tried in the order adjective,
-    verb, noun, adverb, the first that gives an antonym wins.
+    Inputs: single lowercase words seen in SemCor; so is the antonym (drops rare coinages such as
+    "unangry"). Parts of speech tried in the order adjective, verb, noun, adverb, the first that
+    gives an antonym wins.
     """
     wn = res.wordnet()
     out: dict[str, str] = {}
@@ -416,7 +417,7 @@ def build_antonym(res: Resources) -> Pairs:
                     for sym, off, ppos, s_no, tgt in s.pointers
                     if sym == "!" and s_no == src and tgt > 0
                 ]
-                ants = [a for a in ants if _is_word(a) and a != word]
+                ants = [a for a in ants if _is_word(a) and a != word and sum(wn.count(a, p) for p in _POS_FILES)]
                 if ants:
                     out[word] = ants[0]
                     break
@@ -650,7 +651,8 @@ def _sample_words(res: Resources, salt: str, n: int) -> list[str]:
 
 
 def build_capitalize(res: Resources) -> Pairs:
-    """word -> Word (first letter upper-cased), words sampled from the word list."""
+    """word -> Word (first letter upper-cased), common words sampled from the word list (a word list
+    word that WordNet knows with a SemCor count >= 5; with ``words_file``, that list as given)."""
     return [(w, w[0].upper() + w[1:]) for w in _sample_words(res, "capitalize", res.n_generated)]
 
 
@@ -781,18 +783,18 @@ BUILDERS: dict[str, Builder] = {
         Builder("present-past", "abstractive", ("wordnet", "lemminflect"), build_present_past),
         Builder("singular-plural", "abstractive", ("wordnet", "lemminflect"), build_singular_plural),
         Builder("english-french", "abstractive", ("freedict-eng-fra",), build_english_french),
-        Builder("capitalize", "abstractive", ("words",), build_capitalize),
-        Builder("first-letter", "abstractive", ("words",), build_first_letter),
-        Builder("last-letter", "abstractive", ("words",), build_last_letter),
-        Builder("choose_first_of_5", "extractive", ("words",),
+        Builder("capitalize", "abstractive", ("words", "wordnet"), build_capitalize),
+        Builder("first-letter", "abstractive", ("words", "wordnet"), build_first_letter),
+        Builder("last-letter", "abstractive", ("words", "wordnet"), build_last_letter),
+        Builder("choose_first_of_5", "extractive", ("words", "wordnet"),
                 _list_builder("first5", 5, lambda ws: ws[0], "five distinct words -> the first one.")),
-        Builder("choose_middle_of_5", "extractive", ("words",),
+        Builder("choose_middle_of_5", "extractive", ("words", "wordnet"),
                 _list_builder("middle5", 5, lambda ws: ws[2], "five distinct words -> the middle (third) one.")),
-        Builder("choose_last_of_5", "extractive", ("words",),
+        Builder("choose_last_of_5", "extractive", ("words", "wordnet"),
                 _list_builder("last5", 5, lambda ws: ws[-1], "five distinct words -> the last one.")),
-        Builder("alphabetically_first_3", "extractive", ("words",),
+        Builder("alphabetically_first_3", "extractive", ("words", "wordnet"),
                 _list_builder("alpha_first3", 3, min, "three distinct words -> the alphabetically first.")),
-        Builder("alphabetically_last_3", "extractive", ("words",),
+        Builder("alphabetically_last_3", "extractive", ("words", "wordnet"),
                 _list_builder("alpha_last3", 3, max, "three distinct words -> the alphabetically last.")),
         Builder("animal_v_object_3", "extractive", ("wordnet",),
                 _odd_one_out("animal_v_object_3", ANIMAL, ARTIFACT, 3,
@@ -953,12 +955,14 @@ def build_tasks(
             summary[name] = f"skipped: only {len(pairs)} clean pairs (< min_pairs={min_pairs})"
             warnings.warn(f"iclscope.tasks.build: skipping task {name!r}: {summary[name]}", stacklevel=2)
             continue
+        # the word-list tasks use WordNet only to pick common words, not with a words_file of the user's
+        keys = [k for k in b.sources if not (k == "wordnet" and "words" in b.sources and words_file)]
         meta = {
             "name": name,
             "kind": b.kind,
-            "source": "; ".join(SOURCES[k].name for k in b.sources),
-            "source_keys": list(b.sources),
-            "license": "; ".join(f"{SOURCES[k].key}: {SOURCES[k].license}" for k in b.sources),
+            "source": "; ".join(SOURCES[k].name for k in keys),
+            "source_keys": keys,
+            "license": "; ".join(f"{SOURCES[k].key}: {SOURCES[k].license}" for k in keys),
             "description": b.description,
             "n_pairs": len(pairs),
             "builder": __name__,
