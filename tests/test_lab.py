@@ -131,16 +131,22 @@ def test_sweep_values_never_name_a_path_outside_the_sweep(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
-def _children(pid: int) -> list[int]:
-    out = []
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (the embedded Ray's GCS, raylet, agents and the training workers)."""
+    kids: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                stat = open(f"/proc/{d}/stat").read()
-            except OSError:
+                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d))
+            kids.setdefault(ppid, []).append(int(d))
+    out, todo = set(), [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            if k not in out:
+                out.add(k)
+                todo.append(k)
     return out
 
 
@@ -162,27 +168,30 @@ def test_killing_a_sweep_leaves_no_worker_behind(tmp_path, sig):
     env.pop("ICLSCOPE_FAULT", None)
     p = subprocess.Popen([sys.executable, "-c", script, str(out)], env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
+    kids: set[int] = set()
     try:
         deadline = time.time() + 90
         while time.time() < deadline and not all((out / c / "metrics.csv").exists() for c in ("none", "prev_token")):
             assert p.poll() is None, "the sweep ended early"
             time.sleep(0.1)
         assert all((out / c / "metrics.csv").exists() for c in ("none", "prev_token")), "the workers never trained"
-        kids = _children(p.pid)
+        kids = _descendants(p.pid)
         workers = [int((out / c / ".iclscope.pid").read_text()) for c in ("none", "prev_token")]
-        assert set(workers) <= set(kids)
+        assert set(workers) <= kids  # the stacks train in the sweep's own (engine) processes
         p.send_signal(sig)
         p.wait(timeout=30)
-        deadline = time.time() + 15
+        deadline = time.time() + 20
         while time.time() < deadline and any(_alive(k) for k in kids):
             time.sleep(0.1)
         assert not [k for k in kids if _alive(k)], "a worker outlived the sweep"
     finally:
         if p.poll() is None:
+            kids |= _descendants(p.pid)
             p.kill()
             p.wait()
-        for k in _children(p.pid):
-            os.kill(k, signal.SIGKILL)
+        for k in kids:
+            if _alive(k):
+                os.kill(k, signal.SIGKILL)
     # the interrupted runs are consistent: not finished, and reopen (resume) cleanly
     for c in ("none", "prev_token"):
         assert not (out / c / ".iclscope-finished.json").exists()

@@ -288,6 +288,14 @@ class Engine:
             raise IclscopeError(f"{job.name}: {out['error']}")
         return out["value"]
 
+    def cancel(self, jobs: Sequence[Job]) -> None:
+        """Stop ``jobs`` now (their worker processes are killed; a job that already ended is left as it is)."""
+        for job in jobs:
+            try:
+                self._ray.cancel(job.ref, force=True)
+            except Exception:  # noqa: BLE001  already ended, or Ray already shut down
+                pass
+
     def close(self) -> None:
         """Stop an embedded Ray (disconnect from a joined one). Idempotent."""
         try:
