@@ -6,12 +6,13 @@ and the sweep then raises naming it; a worker that cannot write the sweep folder
 import hashlib
 import json
 import socket
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from iclscope.engine import Engine
+from iclscope.engine import Engine, Resources
 from iclscope.experiments.lab import SweepFailed, _Engine, _run_all, clamp_sweep, data_sweep
 from iclscope.train import Trainer, load_config
 
@@ -128,3 +129,16 @@ def test_a_clamp_sweep_whose_reference_fails_trains_no_graft(tmp_path, engine, c
                     sequences=64, conditions=["layer1"], engine=engine, log=msgs.append)
     assert "  not training layer1: they graft from none, which failed" in msgs
     assert not (tmp_path / "cs" / "layer1").exists()
+
+
+def test_engine_cancel_stops_a_running_job(engine):
+    """What a sweep interrupted by Ctrl-C does with the stacks still running."""
+    job = engine.submit(time.sleep, 600, resources=Resources(num_cpus=1), name="sleeper")
+    time.sleep(1.0)
+    t0 = time.time()
+    engine.cancel([job])
+    ended, running = engine.wait([job], timeout=60)
+    assert ended == [job] and not running and time.time() - t0 < 30
+    out = engine.outcome(job)
+    assert not out["ok"] and "TaskCancelledError" in out["error"], out
+    engine.cancel([job])  # an ended job: nothing happens

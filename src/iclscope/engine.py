@@ -6,9 +6,11 @@
     job = eng.submit(fn, arg, resources=res, writes="/shared/study/atlas-pythia-1b")
     done, _ = eng.wait([job])
     value = eng.result(job)                          # fn's return value, or an IclscopeError (one line)
+    eng.cancel([job])                                # stop jobs still running (their workers are killed)
     eng.close()
 
-Jobs run in Ray worker processes, one fresh process per job (``max_calls=1``: a finished job's memory,
+Users: ``iclscope study`` (one job per model and revision) and the training lab's sweeps (one job per
+stack of runs). Jobs run in Ray worker processes, one fresh process per job (``max_calls=1``: a finished job's memory,
 GPU memory included, goes back to the node). A job that ``writes`` a folder first checks, on the node it
 landed on, that the folder exists and can be written; on a cluster that folder must be on storage every
 node shares, and the check fails with one line naming the host and the path when it is not.
