@@ -14,12 +14,20 @@ import pytest
 
 import iclscope
 from iclscope import IclscopeError
+from iclscope.engine import Engine
 from iclscope.experiments.lab import (CONDITIONS, _phase_rows, additivity, clamp_sweep, data_sweep, t_interval,
                                       versus_reference)
 from iclscope.train import load_config, train
 
 TINY = ["train.sequences=960", "train.batch_size=16", "eval.every=20", "eval.batch=64", "eval.checkpoint_every=60",
         "data.dim=32", "model.d_model=32", "model.n_heads=4", "train.lr=3e-3", "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """One local Ray of 2 CPUs for the sweeps of this file (the kill test's sweep starts its own, embedded)."""
+    with Engine(num_cpus=2) as eng:
+        yield eng
 
 
 def test_additivity_tables(tmp_path):
@@ -41,9 +49,10 @@ def test_additivity_needs_a_run(tmp_path):
         additivity(tmp_path)
 
 
-def test_clamp_sweep_all_conditions(tmp_path):
+def test_clamp_sweep_all_conditions(tmp_path, engine):
     cfg = load_config(None, TINY)
-    table = clamp_sweep(cfg, out=tmp_path / "sweep", seeds=[0, 1], sequences=640, workers=2, log=lambda *a: None)
+    table = clamp_sweep(cfg, out=tmp_path / "sweep", seeds=[0, 1], sequences=640, workers=2, engine=engine,
+                        log=lambda *a: None)
     assert table.condition.tolist() == list(CONDITIONS)
     for c in CONDITIONS:
         for s in (0, 1):
@@ -56,7 +65,7 @@ def test_clamp_sweep_all_conditions(tmp_path):
     assert table.vs_none.iloc[0] == "reference"
     # rerunning reuses every finished run
     msgs = []
-    clamp_sweep(cfg, out=tmp_path / "sweep", seeds=[0, 1], sequences=640, workers=2, log=msgs.append)
+    clamp_sweep(cfg, out=tmp_path / "sweep", seeds=[0, 1], sequences=640, workers=2, engine=engine, log=msgs.append)
     assert sum("reusing" in m for m in msgs) == len(CONDITIONS)
 
 
@@ -85,9 +94,9 @@ def test_phase_table_intervals_and_within_noise():
     assert all(np.isnan(t_interval([1.0])))  # no interval from one value
 
 
-def test_data_sweep(tmp_path):
+def test_data_sweep(tmp_path, engine):
     table = data_sweep(load_config(None, TINY), vary="labels=5,7", out=tmp_path / "ds", seeds=[0], sequences=320,
-                       log=lambda *a: None)
+                       engine=engine, log=lambda *a: None)
     assert table.labels.tolist() == [5, 7]
     assert table.vs_first.iloc[0] == "reference" and table.vs_first.iloc[1].startswith("n/a")  # one seed: no interval
     cfg7 = json.loads((tmp_path / "ds" / "labels=7" / "config.json").read_text())
@@ -96,19 +105,22 @@ def test_data_sweep(tmp_path):
         data_sweep(load_config(None, TINY), vary="colour=1,2", out=tmp_path / "x")
 
 
-def test_sweep_results_are_owned_folders_and_reuse_needs_the_finished_marker(tmp_path):
+def test_sweep_results_are_owned_folders_and_reuse_needs_the_finished_marker(tmp_path, engine):
     out = tmp_path / "ds"
-    data_sweep(load_config(None, TINY), vary="labels=5", out=out, seeds=[0], sequences=64, log=lambda *a: None)
+    data_sweep(load_config(None, TINY), vary="labels=5", out=out, seeds=[0], sequences=64, engine=engine,
+               log=lambda *a: None)
     assert (out / ".iclscope.json").exists() and (out / ".iclscope-finished.json").exists()
     run = out / "labels=5"
     assert (run / ".iclscope.json").exists() and (run / ".iclscope-finished.json").exists()
     msgs = []
-    data_sweep(load_config(None, TINY), vary="labels=5", out=out, seeds=[0], sequences=64, log=msgs.append)
+    data_sweep(load_config(None, TINY), vary="labels=5", out=out, seeds=[0], sequences=64, engine=engine,
+               log=msgs.append)
     assert sum("reusing finished run" in m for m in msgs) == 1
     # final/ alone does not make a run finished: without its marker the run is trained (resumed), not reused
     (run / ".iclscope-finished.json").unlink()
     msgs = []
-    data_sweep(load_config(None, TINY), vary="labels=5", out=out, seeds=[0], sequences=64, log=msgs.append)
+    data_sweep(load_config(None, TINY), vary="labels=5", out=out, seeds=[0], sequences=64, engine=engine,
+               log=msgs.append)
     assert not any("reusing" in m for m in msgs) and (run / ".iclscope-finished.json").exists()
     # a foreign folder is refused untouched
     mine = tmp_path / "mine"
@@ -119,10 +131,10 @@ def test_sweep_results_are_owned_folders_and_reuse_needs_the_finished_marker(tmp
     assert [p.name for p in mine.iterdir()] == ["phase_change.csv"]
 
 
-def test_sweep_values_never_name_a_path_outside_the_sweep(tmp_path):
+def test_sweep_values_never_name_a_path_outside_the_sweep(tmp_path, engine):
     out = tmp_path / "a" / "ds"
     data_sweep(load_config(None, TINY), vary="data.features_dataset=/../../evil", out=out, seeds=[0], sequences=32,
-               log=lambda *a: None)
+               engine=engine, log=lambda *a: None)
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_dir() and "evil" in p.name) == \
         [p.name for p in out.iterdir() if p.is_dir() and "evil" in p.name]
     [run] = [p for p in out.iterdir() if p.is_dir() and "evil" in p.name]
@@ -131,16 +143,22 @@ def test_sweep_values_never_name_a_path_outside_the_sweep(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
-def _children(pid: int) -> list[int]:
-    out = []
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (the embedded Ray's GCS, raylet, agents and the training workers)."""
+    kids: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                stat = open(f"/proc/{d}/stat").read()
-            except OSError:
+                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d))
+            kids.setdefault(ppid, []).append(int(d))
+    out, todo = set(), [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            if k not in out:
+                out.add(k)
+                todo.append(k)
     return out
 
 
@@ -162,27 +180,30 @@ def test_killing_a_sweep_leaves_no_worker_behind(tmp_path, sig):
     env.pop("ICLSCOPE_FAULT", None)
     p = subprocess.Popen([sys.executable, "-c", script, str(out)], env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
+    kids: set[int] = set()
     try:
         deadline = time.time() + 90
         while time.time() < deadline and not all((out / c / "metrics.csv").exists() for c in ("none", "prev_token")):
             assert p.poll() is None, "the sweep ended early"
             time.sleep(0.1)
         assert all((out / c / "metrics.csv").exists() for c in ("none", "prev_token")), "the workers never trained"
-        kids = _children(p.pid)
+        kids = _descendants(p.pid)
         workers = [int((out / c / ".iclscope.pid").read_text()) for c in ("none", "prev_token")]
-        assert set(workers) <= set(kids)
+        assert set(workers) <= kids  # the stacks train in the sweep's own (engine) processes
         p.send_signal(sig)
         p.wait(timeout=30)
-        deadline = time.time() + 15
+        deadline = time.time() + 20
         while time.time() < deadline and any(_alive(k) for k in kids):
             time.sleep(0.1)
         assert not [k for k in kids if _alive(k)], "a worker outlived the sweep"
     finally:
         if p.poll() is None:
+            kids |= _descendants(p.pid)
             p.kill()
             p.wait()
-        for k in _children(p.pid):
-            os.kill(k, signal.SIGKILL)
+        for k in kids:
+            if _alive(k):
+                os.kill(k, signal.SIGKILL)
     # the interrupted runs are consistent: not finished, and reopen (resume) cleanly
     for c in ("none", "prev_token"):
         assert not (out / c / ".iclscope-finished.json").exists()

@@ -6,9 +6,11 @@
     job = eng.submit(fn, arg, resources=res, writes="/shared/study/atlas-pythia-1b")
     done, _ = eng.wait([job])
     value = eng.result(job)                          # fn's return value, or an IclscopeError (one line)
+    eng.cancel([job])                                # stop jobs still running (their workers are killed)
     eng.close()
 
-Jobs run in Ray worker processes, one fresh process per job (``max_calls=1``: a finished job's memory,
+Users: ``iclscope study`` (one job per model and revision) and the training lab's sweeps (one job per
+stack of runs). Jobs run in Ray worker processes, one fresh process per job (``max_calls=1``: a finished job's memory,
 GPU memory included, goes back to the node). A job that ``writes`` a folder first checks, on the node it
 landed on, that the folder exists and can be written; on a cluster that folder must be on storage every
 node shares, and the check fails with one line naming the host and the path when it is not.
@@ -287,6 +289,14 @@ class Engine:
         if not out["ok"]:
             raise IclscopeError(f"{job.name}: {out['error']}")
         return out["value"]
+
+    def cancel(self, jobs: Sequence[Job]) -> None:
+        """Stop ``jobs`` now (their worker processes are killed; a job that already ended is left as it is)."""
+        for job in jobs:
+            try:
+                self._ray.cancel(job.ref, force=True)
+            except Exception:  # noqa: BLE001  already ended, or Ray already shut down
+                pass
 
     def close(self) -> None:
         """Stop an embedded Ray (disconnect from a joined one). Idempotent."""

@@ -9,14 +9,10 @@ study's layer 1 is layer 0 here and its induction-head layer 2 is layer 1 (the l
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
-import multiprocessing as mp
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -156,34 +152,27 @@ def _additivity(res, run, ckpt, model, cfg, n, how, seed, log) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Sweeps: many trainings, two at a time
+# Sweeps: many trainings as jobs on the engine (iclscope.engine: an embedded Ray or a cluster)
 # ----------------------------------------------------------------------------------------------------
 
 
-def _die_with_parent(parent: int) -> None:
-    """Pool initializer: on Linux, ask the kernel to SIGKILL this worker when the sweep process dies (even by
-    SIGKILL, which runs no cleanup); exit at once if the parent is already gone. The worker's run folder
-    stays consistent (every write is atomic) and resumes on the next sweep."""
-    import sys
+class SweepFailed(IclscopeError):
+    """Some runs of a sweep failed (each reported on its own line as it ended); the others finished and are
+    reused when the same command runs again, which retries only the failed ones. A run-time fault, not bad
+    input: the CLI exits 1 on it."""
 
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal as _signal
-
-        PR_SET_PDEATHSIG = 1
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(_signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:
-        os._exit(1)
+    exit_code = 1
 
 
-def _train_worker(jobs: list[tuple[dict, str]]) -> str:
-    """Train one stack of runs (``Trainer.stack``): every run writes its own folder."""
-    torch.set_num_threads(1)
+def train_stack(jobs: list[tuple[dict, str]], cwd: str, threads: int = 1) -> list[str]:
+    """An engine job: train one stack of runs (``Trainer.stack``; every run writes its own folder) with
+    ``threads`` torch threads, from the sweep's working folder ``cwd`` when this host has it (relative
+    graft sources in the configs resolve from there). Returns the run folders."""
+    if os.path.isdir(cwd):
+        os.chdir(cwd)  # a fresh worker process per job (max_calls=1): nothing else sees this
+    torch.set_num_threads(int(threads))
     Trainer.stack(jobs, progress=False, log=lambda *a: None).train()
-    return ", ".join(o for _, o in jobs)
+    return [o for _, o in jobs]
 
 
 def _finished(out: Path, cfg: dict) -> bool:
@@ -195,61 +184,99 @@ def _finished(out: Path, cfg: dict) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _stop_on_sigterm():
-    """SIGTERM (and SIGHUP) raise SystemExit in the main thread, so that the worker pool is terminated on the
-    way out (SIGINT already raises KeyboardInterrupt)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _Engine:
+    """The sweep's engine, started only when a run needs training: the one given, else an
+    ``iclscope.engine.Engine`` made from ``address`` (None: embedded, ``workers`` CPUs) and closed by
+    ``close()``."""
 
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
+    def __init__(self, engine, address: str | None, workers: int):
+        self.engine, self.address, self.workers, self.own = engine, address, int(workers), engine is None
 
-    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+    def get(self):
+        if self.engine is None:
+            from ..engine import Engine
+            self.engine = Engine(address=self.address, num_cpus=self.workers if self.address is None else None)
+        return self.engine
+
+    def cpus(self) -> int:
+        """CPUs to keep busy: ``workers`` on an embedded engine, all the cluster's CPUs on a joined one."""
+        if self.address is None and self.own:
+            return self.workers
+        return max(1, int(sum(n["CPU"] for n in self.engine.nodes())))
+
+    def close(self) -> None:
+        if self.own and self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
 
-def _run_all(jobs: list[tuple[dict, Path]], workers: int, log, stack: bool = True) -> None:
-    """Train the (cfg, out) jobs, finished ones reused: the others grouped into as few stacks as their
-    shapes allow (``train.stack_groups``: one stacked model per group, each run still writing its own
-    folder; ``stack=False``: one run per stack), each stack in its own process, ``workers`` at a time.
-    With fewer stacks than workers the largest stacks are split in halves (a stack of this model's
-    size is compute-bound beyond a few members, so a second core does more than a larger stack).
-    Killing the sweep leaves no worker behind: SIGTERM/SIGINT terminate the pool, and each worker dies with
-    the sweep process (PR_SET_PDEATHSIG) if it is SIGKILLed."""
+def _run_all(jobs: list[tuple[dict, Path]], folder: Path, engine: _Engine, log, stack: bool = True) -> list[Path]:
+    """Train the (cfg, out) jobs (``out`` in the sweep's results folder ``folder``), finished ones reused;
+    returns the folders of the runs that failed.
+
+    The others are grouped into as few stacks as their shapes allow (``train.stack_groups``: one stacked
+    model per group, each run still writing its own folder; ``stack=False``: one run per stack). Each
+    stack is one engine job asking for 1 CPU (1 torch thread), so on a cluster the stacks spread over
+    the nodes; each job first checks that its node can write the sweep folder (shared storage). With
+    fewer stacks than CPUs to keep busy (``workers`` locally, the cluster's CPUs on a cluster) the
+    largest stacks are split in halves (a stack of this model's size is compute-bound beyond a few
+    members, so a second core does more than a larger stack). A stack that fails is reported on one
+    line naming its run folders and the error, and the others still finish. Killing the sweep leaves
+    no worker behind: the engine's jobs are cancelled on the way out (Ctrl-C), and an embedded Ray dies
+    with the sweep process (the engine's watchdog) even when that is SIGKILLed."""
     todo = [(c, o) for c, o in jobs if not _finished(o, c)]
     for c, o in jobs:
         if (c, o) not in todo:
             log(f"  reusing finished run {o}")
     if not todo:
-        return
+        return []
+    from ..engine import Resources
+    from ..report.progress import progress
+
+    eng = engine.get()
     stacks = stack_groups(todo) if stack else [[job] for job in todo]
-    while len(stacks) < workers and max(map(len, stacks)) > 1:  # keep every worker busy: split the largest
+    cpus = engine.cpus()
+    while len(stacks) < cpus and max(map(len, stacks)) > 1:  # keep every CPU busy: split the largest
         big = max(stacks, key=len)
         stacks.remove(big)
         stacks += [big[:len(big) // 2], big[len(big) // 2:]]
     if len(stacks) < len(todo):
         log(f"  {len(todo)} runs in {len(stacks)} stack(s)")
-    from ..report.progress import progress
-    ctx = mp.get_context("spawn")
-    with _stop_on_sigterm(), ctx.Pool(min(workers, len(stacks)), initializer=_die_with_parent,
-                                      initargs=(os.getpid(),)) as pool, \
-            progress(len(todo), "trainings", unit="run") as bar:
-        try:
-            pending = [(len(g), pool.apply_async(_train_worker, ([(c, str(o)) for c, o in g],))) for g in stacks]
-            for n, p in pending:
-                out = p.get()
-                bar.update(n)
-                bar.write(f"  finished {out}")
-        except BaseException:
-            pool.terminate()
-            pool.join()
-            raise
+    cwd = os.getcwd()
+    failed: list[Path] = []
+    running = {}
+    try:
+        with progress(len(todo), "trainings", unit="run") as bar:
+            for g in stacks:
+                threads = int(g[0][0]["train"]["threads"])
+                job = eng.submit(train_stack, [(c, str(Path(o).resolve())) for c, o in g], cwd, threads,
+                                 resources=Resources(num_cpus=threads), writes=Path(folder).resolve(),
+                                 name=", ".join(Path(o).name for _, o in g))
+                running[job] = g
+            while running:
+                ended, _ = eng.wait(list(running))
+                for job in ended:
+                    g = running.pop(job)
+                    out = eng.outcome(job)
+                    bar.update(len(g))
+                    names = ", ".join(str(o) for _, o in g)
+                    if out["ok"]:
+                        bar.write(f"  finished {names}")
+                    else:
+                        failed += [Path(o) for _, o in g]
+                        host = f" (on {out['host']})" if out.get("host") else ""
+                        bar.write(f"  FAILED {names}{host}: {out['error']}")
+    finally:
+        if running:
+            eng.cancel(list(running))
+    return failed
+
+
+def _failed(failed: list[Path], not_run: list[Path] = ()) -> SweepFailed:
+    msg = f"{len(failed)} run(s) of the sweep failed: {', '.join(map(str, failed))} (errors above)"
+    if not_run:
+        msg += f"; not trained, since they graft from a failed run: {', '.join(map(str, not_run))}"
+    return SweepFailed(msg + "; the same command retries them and reuses the finished runs")
 
 
 def _curves(out: Path, seeds: list[int]) -> list[pd.DataFrame]:
@@ -318,15 +345,19 @@ def _base_config(config) -> dict:
 
 
 def clamp_sweep(config=None, out: str | Path = "results/clamp-sweep", seeds=(0, 1, 2), sequences: int = 600_000,
-                conditions: list[str] | None = None, workers: int = 2, log=print, stack: bool = True) -> pd.DataFrame:
+                conditions: list[str] | None = None, workers: int = 2, log=print, stack: bool = True,
+                address: str | None = None, engine=None) -> pd.DataFrame:
     """Train each subcircuit-clamp condition (``CONDITIONS``) as an ensemble over ``seeds`` and compare the
     time to the phase change (train loss below ``eval.phase_threshold``, by default 0.4 ln 2).
 
     Graft conditions graft from the frozen final model of the unclamped run (member r into member r),
     so "none" trains first. The conditions of each stage train stacked into one model (``stack``, the
     default; each member under its own condition's clamps, each condition still its own run folder;
-    ``stack=False``: one process per condition, as before). Writes phase_change.csv, loss_curves.png and
-    report.html.
+    ``stack=False``: one run per stack). Each stack is a job on the engine (``iclscope.engine``):
+    ``address=None`` an embedded local Ray of ``workers`` CPUs, ``"auto"`` or host:port an existing
+    cluster (``out`` then on storage every node shares); ``engine``: an ``Engine`` to use instead (not
+    closed here). Writes phase_change.csv, loss_curves.png and report.html; raises ``SweepFailed``
+    naming the runs that failed once the others have finished.
     """
     conditions = list(conditions or CONDITIONS)
     unknown = [c for c in conditions if c not in CONDITIONS]
@@ -338,14 +369,18 @@ def clamp_sweep(config=None, out: str | Path = "results/clamp-sweep", seeds=(0, 
     base["train"]["threads"] = 1
     base["eval"]["batch"] = min(int(base["eval"]["batch"]), 256)  # many runs: lighter evaluations
     out = Path(out)
-    with ResultsDir(out, {"command": "clamp-sweep", "base": base, "conditions": conditions},
-                    command="clamp-sweep") as res:
-        table = _clamp_sweep(res, out, base, conditions, seeds, sequences, workers, log, stack)
-        res.mark_finished()
+    eng = _Engine(engine, address, workers)
+    try:
+        with ResultsDir(out, {"command": "clamp-sweep", "base": base, "conditions": conditions},
+                        command="clamp-sweep") as res:
+            table = _clamp_sweep(res, out, base, conditions, seeds, sequences, eng, log, stack)
+            res.mark_finished()
+    finally:
+        eng.close()
     return table
 
 
-def _clamp_sweep(res, out, base, conditions, seeds, sequences, workers, log, stack=True) -> pd.DataFrame:
+def _clamp_sweep(res, out, base, conditions, seeds, sequences, engine: _Engine, log, stack=True) -> pd.DataFrame:
     needs_none = any("@none" in json.dumps(CONDITIONS[c]) for c in conditions)
     if needs_none and "none" not in conditions:
         conditions = ["none"] + conditions
@@ -360,8 +395,14 @@ def _clamp_sweep(res, out, base, conditions, seeds, sequences, workers, log, sta
     first = [c for c in conditions if "@none" not in json.dumps(CONDITIONS[c])]
     later = [c for c in conditions if c not in first]
     log(f"clamp sweep: {len(conditions)} conditions x {len(seeds)} seeds x {sequences:,} sequences -> {out}/")
-    _run_all([(cfg_for(c), out / c) for c in first], workers, log, stack)
-    _run_all([(cfg_for(c), out / c) for c in later], workers, log, stack)
+    failed = _run_all([(cfg_for(c), out / c) for c in first], out, engine, log, stack)
+    if out / "none" in failed:  # the graft conditions need its final model
+        if later:
+            log(f"  not training {', '.join(later)}: they graft from none, which failed")
+        raise _failed(failed, [out / c for c in later])
+    failed += _run_all([(cfg_for(c), out / c) for c in later], out, engine, log, stack)
+    if failed:
+        raise _failed(failed)
     thr = float(base["eval"]["phase_threshold"])
     curves = {c: _curves(out / c, base["train"]["seeds"]) for c in conditions}
     table = pd.DataFrame([_phase_rows(c, curves[c], seeds, thr) for c in conditions])
@@ -384,12 +425,14 @@ def _clamp_sweep(res, out, base, conditions, seeds, sequences, workers, log, sta
 
 
 def data_sweep(config=None, vary: str = "labels=5,10,15", out: str | Path = "results/data-sweep", seeds=(0, 1),
-               sequences: int | None = None, workers: int = 2, log=print, stack: bool = True) -> pd.DataFrame:
+               sequences: int | None = None, workers: int = 2, log=print, stack: bool = True,
+               address: str | None = None, engine=None) -> pd.DataFrame:
     """Phase-change time against one data property: ``vary`` is NAME=v1,v2,... with NAME one of labels,
     classes, burstiness, context (or any dotted config key such as data.exemplar_noise). Values that keep
     the model's shape (classes, burstiness, noise, learning rate) train stacked into one model
     (``stack``); values that change it (labels: the label vocabulary; context: the sequence length) go
-    into separate stacks, automatically."""
+    into separate stacks, automatically. The stacks run as jobs on the engine, as in ``clamp_sweep``
+    (``workers``, ``address``, ``engine``); raises ``SweepFailed`` naming the runs that failed."""
     name, sep, values = vary.partition("=")
     if not sep or not values:
         raise IclscopeError(f"--vary {vary!r}: expected NAME=v1,v2,... e.g. labels=5,10,15")
@@ -412,16 +455,22 @@ def data_sweep(config=None, vary: str = "labels=5,10,15", out: str | Path = "res
         cfg[section][field] = v
         cfg["name"] = f"{name}={v}"
         jobs.append((validate_config(cfg), out / safe_name(f"{name}={v}")))  # a user value: never a path
-    with ResultsDir(out, {"command": "data-sweep", "base": base, "vary": key, "values": vals},
-                    command="data-sweep") as res:
-        table = _data_sweep(res, out, base, name, key, vals, jobs, seeds, workers, log, stack)
-        res.mark_finished()
+    eng = _Engine(engine, address, workers)
+    try:
+        with ResultsDir(out, {"command": "data-sweep", "base": base, "vary": key, "values": vals},
+                        command="data-sweep") as res:
+            table = _data_sweep(res, out, base, name, key, vals, jobs, seeds, eng, log, stack)
+            res.mark_finished()
+    finally:
+        eng.close()
     return table
 
 
-def _data_sweep(res, out, base, name, key, vals, jobs, seeds, workers, log, stack=True) -> pd.DataFrame:
+def _data_sweep(res, out, base, name, key, vals, jobs, seeds, engine: _Engine, log, stack=True) -> pd.DataFrame:
     log(f"data sweep over {key} = {vals}: {len(vals)} runs x {len(seeds)} seeds -> {out}/")
-    _run_all(jobs, workers, log, stack)
+    failed = _run_all(jobs, out, engine, log, stack)
+    if failed:
+        raise _failed(failed)
     thr = float(base["eval"]["phase_threshold"])
     curves = {f"{name}={v}": _curves(o, base["train"]["seeds"]) for v, (_, o) in zip(vals, jobs)}
     table = pd.DataFrame([_phase_rows(k, c, seeds, thr) for k, c in curves.items()])
