@@ -129,7 +129,7 @@ def _cmd_clamp_sweep(args) -> int:
     from .experiments.lab import clamp_sweep
 
     clamp_sweep(args.config, out=args.out, seeds=args.seeds, sequences=args.sequences, conditions=args.conditions,
-                workers=args.workers, stack=not args.no_stack)
+                workers=args.workers, stack=not args.no_stack, address=args.address)
     return 0
 
 
@@ -137,7 +137,7 @@ def _cmd_data_sweep(args) -> int:
     from .experiments.lab import data_sweep
 
     data_sweep(args.config, vary=args.vary, out=args.out, seeds=args.seeds, sequences=args.sequences,
-               workers=args.workers, stack=not args.no_stack)
+               workers=args.workers, stack=not args.no_stack, address=args.address)
     return 0
 
 
@@ -301,9 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "number, e.g. 600000 or 6e5)")
     c.add_argument("--conditions", type=condition_list, default=None, help="comma-separated subset of: "
                    f"{', '.join(CONDITIONS)} (default: all)")
-    c.add_argument("--workers", type=positive_int, default=2, help="trainings at a time (one CPU thread each)")
-    c.add_argument("--no-stack", action="store_true", help="one process per run, as before stacking (default: "
+    c.add_argument("--workers", type=positive_int, default=2, help="CPUs of the embedded Ray engine: stacks of runs trained at a time, "
+                   "one CPU thread each (with --address: the cluster's CPUs)")
+    c.add_argument("--no-stack", action="store_true", help="one engine job per run, as before stacking (default: "
                     "runs of one shape train as one stacked model)")
+    c.add_argument("--address", default=None, help="join a Ray cluster: auto (the one `ray start` made here), "
+                   "host:port or ray://host:10001; --out must then be on storage every node shares (default: "
+                   "an embedded Ray of --workers CPUs on this machine)")
     c.set_defaults(fn=_cmd_clamp_sweep)
 
     ds = sub.add_parser("data-sweep", help="phase-change time against a data property")
@@ -314,9 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--seeds", type=seed_list, default="0,1", help="comma-separated distinct seeds (integers >= 0)")
     ds.add_argument("--sequences", type=positive_count, default=None, help="training sequences per run, e.g. 6e5 "
                     "(default: the config's train.sequences)")
-    ds.add_argument("--workers", type=positive_int, default=2, help="trainings at a time (one CPU thread each)")
-    ds.add_argument("--no-stack", action="store_true", help="one process per run, as before stacking (default: "
+    ds.add_argument("--workers", type=positive_int, default=2, help="CPUs of the embedded Ray engine: stacks of runs trained at a time, "
+                   "one CPU thread each (with --address: the cluster's CPUs)")
+    ds.add_argument("--no-stack", action="store_true", help="one engine job per run, as before stacking (default: "
                     "runs of one shape train as one stacked model)")
+    ds.add_argument("--address", default=None, help="join a Ray cluster: auto (the one `ray start` made here), "
+                   "host:port or ray://host:10001; --out must then be on storage every node shares (default: "
+                   "an embedded Ray of --workers CPUs on this machine)")
     ds.set_defaults(fn=_cmd_data_sweep)
 
     sc = sub.add_parser("scores", help="induction, previous-token, duplicate-token and FV score of every head")
