@@ -183,3 +183,39 @@ def test_compare_tool_on_tiny_folders(tmp_path, tool, capsys):
     assert set(rows) == {"antonym", "first-letter", "animal_v_object_3"}
     assert tool.main([str(todd), str(ours)]) == 0
     assert "| antonym | antonym | 5 | 5 | 4 | 50.0% | 75.0% |" in capsys.readouterr().out
+
+
+def test_atlas_on_built_word_tasks_end_to_end_through_the_cli(tmp_path):
+    """Issue 10's check: `iclscope tasks build` makes a Todd-format folder here (country-capital needs only
+    countryinfo, which the test set-up installs), and `iclscope atlas --model random:gpt2 --tasks` runs on it
+    end to end with real usable pairs (the random model's shipped subword tokenizer)."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    pytest.importorskip("countryinfo")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "iclscope", "--quiet", *args], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r
+
+    cli("tasks", "build", "--out", "tasks", "--names", "country-capital")
+    pairs = json.loads((tmp_path / "tasks" / "country-capital.json").read_text())
+    assert len(pairs) > 100 and {"input": "France", "output": "Paris"} in pairs
+    cli("atlas", "--model", "random:gpt2", "--tasks", "tasks", "--shots", "4", "--n-clean", "8", "--n-corrupt", "4",
+        "--n-eval", "8", "--random-seeds", "2", "--fractions", "0,0.1", "--measures", "first_token", "--out", "atlas")
+    out = tmp_path / "atlas"
+    config = json.loads((out / "config.json").read_text())
+    assert config["score_tasks"] == config["eval_tasks"] == ["country-capital"]
+    fv = pd.read_csv(out / "fv_per_task.csv")
+    assert set(fv.task) == {"country-capital"} and fv.score.notna().all()
+    vectors = pd.read_csv(out / "function_vectors.csv")
+    assert (vectors.n == 8).all()  # all 8 evaluation prompts usable: the answers tokenise to real words
+    ablation = pd.read_csv(out / "ablation.csv")
+    assert set(ablation.task) == {"country-capital"} and ablation.accuracy.between(0, 1).all()
+    assert (out / "report.html").exists() and (out / "ablation.png").exists()

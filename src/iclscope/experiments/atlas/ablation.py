@@ -453,8 +453,7 @@ def ablation_figure(df: pd.DataFrame, path: Path, title: str, token_loss: pd.Dat
         e, l = int(token_loss.early.iloc[0]), int(token_loss.late.iloc[0])
         panels.append((token_loss, "difference", f"loss(token {l}) - loss(token {e})",
                        "token-loss difference (ablated at every position)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.8), squeeze=False, layout="constrained")
     for ax, (part, value, ylabel, label) in zip(axes[0], panels):
         _panel(ax, part, f"{title}\n{label}", value, ylabel)
-    fig.tight_layout()
     return save_figure(fig, path)

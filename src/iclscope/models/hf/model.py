@@ -22,6 +22,8 @@ MLP run in parallel (GPT-NeoX/Pythia with use_parallel_residual) have no resid_m
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ...errors import IclscopeError
@@ -240,9 +242,10 @@ class HFModel(Model):
         from transformers.cache_utils import DynamicLayer
 
         pkv = DynamicCache(config=self.module.config)
-        out = self.module(input_ids=tokens, attention_mask=attention_mask, use_cache=True, past_key_values=pkv,
-                          **kwargs)
-        pkv = out.past_key_values
+        # transformers >= 5.24 names the argument ``cache`` (``past_key_values`` is deprecated); the cache
+        # object is filled in place either way
+        kwargs["cache" if "cache" in inspect.signature(self.module.forward).parameters else "past_key_values"] = pkv
+        out = self.module(input_ids=tokens, attention_mask=attention_mask, use_cache=True, **kwargs)
         if len(pkv.layers) != self.n_layers or any(type(layer) is not DynamicLayer for layer in pkv.layers):
             raise IclscopeError(f"prefix caches need plain full attention in every layer; {self.family} uses "
                                 f"{sorted({type(layer).__name__ for layer in pkv.layers})}")
