@@ -92,6 +92,7 @@ class _SiteOp:
         self.positions, self.value_fn, self.add, self.detach = positions, value_fn, add, detach
         self.members, self.n_models = members, n_models  # members: ensemble member indices or None (all)
         self._mask_cache: dict = {}
+        self._full_cache: dict = {}
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         key = (tuple(x.shape), x.device)
@@ -141,7 +142,14 @@ class _SiteOp:
             m = m & keep.view(B, *([1] * (m.dim() - 1)))
         m = m.to(x.device)
         self._mask_cache[key] = m
+        self._full_cache[key] = bool(m.all())  # the mask broadcasts over x: all True selects everything
         return m
+
+    def covers_all(self, x: torch.Tensor) -> bool:
+        """Does the mask select every entry of ``x`` (every row, position and head)? Then the op is the value
+        itself, with no ``torch.where`` (a clamp of a whole layer costs nothing beyond its value)."""
+        self.mask(x)
+        return self._full_cache[(tuple(x.shape), x.device)]
 
     def __call__(self, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         value = self.value_fn(x, ctx)
@@ -151,10 +159,12 @@ class _SiteOp:
         if self.add:
             return x + torch.where(self.mask(x), value.to(x.dtype).detach(), torch.zeros((), dtype=x.dtype,
                                                                                          device=x.device))
+        value = value.to(x.dtype)
+        if extra is None and value.shape == x.shape and self.covers_all(x):
+            return value.detach() if self.detach else value
         mask = self.mask(x)
         if extra is not None:
             mask = mask & extra
-        value = value.to(x.dtype)
         return torch.where(mask, value.detach() if self.detach else value, x)
 
 
