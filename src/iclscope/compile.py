@@ -160,8 +160,9 @@ class _SiteOp:
             return x + torch.where(self.mask(x), value.to(x.dtype).detach(), torch.zeros((), dtype=x.dtype,
                                                                                          device=x.device))
         value = value.to(x.dtype)
-        if extra is None and value.shape == x.shape and self.covers_all(x):
-            return value.detach() if self.detach else value
+        if extra is None and torch.broadcast_shapes(value.shape, x.shape) == x.shape and self.covers_all(x):
+            out = value.detach() if self.detach else value  # nothing of x is kept: no gradient flows into x
+            return out if out.shape == x.shape else out.expand(x.shape)
         mask = self.mask(x)
         if extra is not None:
             mask = mask & extra
