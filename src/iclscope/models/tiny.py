@@ -150,6 +150,15 @@ def small_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return hooks(names["z"], z) if hooks is not None else z
 
 
+def _shared_columns(vector_mask: torch.Tensor) -> torch.Tensor | None:
+    """The positions (n,) int64 that hold a vector in every row, when every row of ``vector_mask`` (B, T)
+    bool is the same (few-shot sequences: exemplars and query at fixed positions); None otherwise."""
+    first = vector_mask[0]
+    if vector_mask.shape[0] > 1 and not bool((vector_mask == first).all()):
+        return None
+    return first.nonzero().squeeze(1)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: TinyConfig, R: int, layer: int, hooks: HookPoints):
         super().__init__()
@@ -280,8 +289,13 @@ class TinyTransformer(nn.Module):
                 raise IclscopeError("this model takes no vector inputs (d_input=0)")
             if vectors.shape[-1] != cfg.d_input:
                 raise IclscopeError(f"input vectors have size {vectors.shape[-1]}, the model expects {cfg.d_input}")
-            xv = self.embed_input(vectors.reshape(R, -1, cfg.d_input)).view(RB, T, -1)
-            x = torch.where(vector_mask[..., None], xv, x)
+            cols = _shared_columns(vector_mask)
+            if cols is not None:  # the same vector positions in every row: embed only those
+                xv = self.embed_input(vectors[:, cols].reshape(R, -1, cfg.d_input)).view(RB, len(cols), -1)
+                x = x.index_copy(1, cols, xv)
+            else:
+                xv = self.embed_input(vectors.reshape(R, -1, cfg.d_input)).view(RB, T, -1)
+                x = torch.where(vector_mask[..., None], xv, x)
         if self.pos is not None:
             x = (x.view(R, -1, T, cfg.d_model) + self.pos[:, None, P:P + T]).view(RB, T, -1)
         rope = (self.rope_cos[P:P + T], self.rope_sin[P:P + T]) if cfg.positions == "rotary" else None
