@@ -383,14 +383,19 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _unknown(key: str, prefix: str, known) -> IclscopeError:
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+def _unknown(key: str, prefix: str, known, what: str = "config") -> IclscopeError:
+    """"unknown <what> key <prefix><key>" with the nearest known name, or the list of known ones."""
+    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.5)
     hint = f"did you mean {prefix}{close[0]}?" if close else f"known: {', '.join(sorted(known))}"
-    return IclscopeError(f"unknown config key {prefix}{key}; {hint}")
+    return IclscopeError(f"unknown {what} key {prefix}{key}; {hint}")
 
 
-def _check(model: type[BaseModel], raw: dict, prefix: str, other_keys: dict | None = None) -> BaseModel:
-    """Validate one section; turn pydantic's first complaint into a one-line IclscopeError."""
+def _check(model: type[BaseModel], raw: Any, prefix: str, other_keys: dict | None = None,
+           what: str = "config") -> BaseModel:
+    """Validate one section (table) of a config or study file; pydantic's first complaint as a one-line
+    IclscopeError naming the dotted key. ``what``: the file's kind in "unknown ... key" messages."""
+    if not isinstance(raw, dict):
+        raise IclscopeError(f"{prefix.rstrip('.')} = {_show(raw)}: expected a table")
     try:
         return model(**raw)
     except ValidationError as exc:
@@ -405,7 +410,7 @@ def _check(model: type[BaseModel], raw: dict, prefix: str, other_keys: dict | No
                 if key in keys:
                     raise IclscopeError(f"unknown config key {prefix}{key}: it belongs to data.kind = "
                                         f"{json.dumps(kind)}, this config has data.kind = {json.dumps(raw.get('kind'))}")
-            raise _unknown(key, prefix, model.model_fields) from None
+            raise _unknown(key, prefix, model.model_fields, what) from None
         field = model.model_fields.get(key)
         allowed = field.description if field is not None and field.description else err["msg"]
         if err["type"] == "missing":

@@ -28,14 +28,13 @@ allowed; an unknown key names the nearest valid one. No torch import here.
 
 from __future__ import annotations
 
-import difflib
-import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import IclscopeError
+from .config import _check as _config_check, _show, _unknown as _config_unknown
 
 SECTIONS = ("model", "tasks", "protocol")
 DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16", "float64")
@@ -133,36 +132,13 @@ class ProtocolSection(_Strict):
         return v
 
 
-def _show(value: Any) -> str:
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _unknown(key: str, prefix: str, known) -> IclscopeError:
-    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.5)
-    hint = f"did you mean {prefix}{close[0]}?" if close else f"known: {', '.join(sorted(known))}"
-    return IclscopeError(f"unknown study key {prefix}{key}; {hint}")
+    return _config_unknown(key, prefix, known, "study")
 
 
 def _check(model: type[BaseModel], raw: Any, prefix: str) -> BaseModel:
-    """Validate one table; pydantic's first complaint as one IclscopeError line."""
-    if not isinstance(raw, dict):
-        raise IclscopeError(f"{prefix.rstrip('.')} = {_show(raw)}: expected a table")
-    try:
-        return model(**raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = str(err["loc"][0]) if err["loc"] else ""
-        if err["type"] == "extra_forbidden":
-            raise _unknown(key, prefix, model.model_fields) from None
-        field = model.model_fields.get(key)
-        allowed = field.description if field is not None and field.description else err["msg"]
-        if err["type"] == "missing":
-            raise IclscopeError(f"{prefix}{key} is missing: expected {allowed}") from None
-        raise IclscopeError(f"{prefix}{key} = {_show(raw.get(key))}: expected {allowed}") from None
+    """Validate one table of a study file (the config schema's checker: same one-line messages)."""
+    return _config_check(model, raw, prefix, what="study")
 
 
 class Study(BaseModel):
