@@ -108,13 +108,13 @@ def test_preserve_without_upstream_clamps_is_a_detach_with_the_same_gradients():
 def test_stack_groups_by_shape():
     a = tiny()
     b = tiny("data.n_classes=30", clamp=[{"kind": "ClampPattern", "heads": "layer:0", "pattern": "prev_token"}])
-    c = tiny("data.n_labels=3")  # another label vocabulary: another stack
+    c = tiny("data.n_labels=3")  # another label vocabulary: the same stack, padded (tests/test_stack_vocab.py)
     d = tiny("data.bursty=1.0", "train.lr=1e-3", seeds=(4, 5))
-    e = tiny("data.context_pairs=4")  # another sequence length
+    e = tiny("data.context_pairs=4")  # another sequence length: another stack
     groups = stack_groups([(a, Path("a")), (b, Path("b")), (c, Path("c")), (d, Path("d")), (e, Path("e"))])
-    assert [[str(o) for _, o in g] for g in groups] == [["a", "b", "d"], ["c"], ["e"]]
+    assert [[str(o) for _, o in g] for g in groups] == [["a", "b", "c", "d"], ["e"]]
     with pytest.raises(IclscopeError, match="another stack"):
-        Trainer.stack([(a, "x"), (c, "y")], **QUIET)
+        Trainer.stack([(a, "x"), (e, "y")], **QUIET)
 
 
 # --------------------------------------------------------------------------------------- training

@@ -11,6 +11,13 @@ sweep's conditions stacked into one model: ``train.trainer.Trainer.stack``), und
 (interventions' ``members``). Inputs and hook values fold the models
 into the batch: rows r*B .. r*B+B-1 belong to model r.
 
+Padded label vocabularies. Members may have vocabularies of different sizes (``vocab_sizes``: a stack
+of few-shot runs with different numbers of labels): the embedding and unembedding are padded to the
+largest, V, member r's rows/columns beyond its own size v_r hold zeros, and its logits there are -inf
+(an additive (R, 1, V) buffer, ``vocab_mask``), so its softmax, cross-entropy and argmax are those of
+its unpadded model and its padding gets no gradient. ``members`` / ``member`` cut each member's own
+vocabulary back out; a padded ensemble of mixed sizes is never saved as one file.
+
 Hook points (B' = R*B rows, T positions, H heads, D d_head), called through ``self.hooks``:
   hook_embed (B',T,d_model) -> per block L: blocks.L.hook_resid_pre (B',T,d_model) -> attn.hook_q/k/v
   (B',T,H,D) -> attn.hook_attn_scores, attn.hook_pattern (B',H,T,T) -> attn.hook_z (B',T,H,D) ->
@@ -26,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -83,10 +90,22 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(R, d_in, d_out))
         self.bias = nn.Parameter(torch.empty(R, 1, d_out))
 
-    def reset(self, r: int) -> None:
+    def reset(self, r: int, d_out: int | None = None) -> None:
+        """(Re)initialise map r. ``d_out`` < the stored width (a padded vocabulary): the first d_out outputs
+        are drawn exactly as for a map of that width (the same random numbers, in the same order) and the
+        padding columns are zeros."""
         bound = 1 / math.sqrt(self.weight.shape[1])
-        nn.init.uniform_(self.weight.data[r], -bound, bound)
-        nn.init.uniform_(self.bias.data[r], -bound, bound)
+        if d_out is None or d_out == self.weight.shape[2]:
+            nn.init.uniform_(self.weight.data[r], -bound, bound)
+            nn.init.uniform_(self.bias.data[r], -bound, bound)
+            return
+        w, b = self.weight.data.new_empty(self.weight.shape[1], d_out), self.bias.data.new_empty(1, d_out)
+        nn.init.uniform_(w, -bound, bound)  # contiguous, as in the unpadded map
+        nn.init.uniform_(b, -bound, bound)
+        self.weight.data[r].zero_()
+        self.bias.data[r].zero_()
+        self.weight.data[r, :, :d_out] = w
+        self.bias.data[r, :, :d_out] = b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
@@ -224,17 +243,43 @@ class Block(nn.Module):
             mod.reset(r)
 
 
+# the padded vocabulary axis of each vocabulary-sized weight (state-dict name -> axis, ensemble axis 0)
+VOCAB_AXES = {"embed": 1, "unembed.weight": 2, "unembed.bias": 2}
+
+
+def vocab_slice(name: str, v: int, members=slice(None)) -> tuple:
+    """The index of the first ``v`` vocabulary entries of members ``members`` in the state-dict tensor
+    ``name`` (its ensemble axis first); just ``(members,)`` for a weight without a vocabulary axis."""
+    axis = VOCAB_AXES.get(name)
+    return (members,) if axis is None else (members,) + (slice(None),) * (axis - 1) + (slice(0, v),)
+
+
 class TinyTransformer(nn.Module):
     """Embeddings -> n_layers blocks -> (LayerNorm) -> unembedding, for R models at once.
 
     forward(tokens (R*B, T)[, vectors (R*B, T, d_input), vector_mask (R*B, T)]) -> logits (R*B, T, vocab).
     Model r is initialised from torch.manual_seed(seeds[r]), so member r of an ensemble starts exactly as
-    a single model of the same seed."""
+    a single model of the same seed. ``vocab_sizes``: each member's own vocabulary size (<= cfg.vocab_size,
+    the padded width; None: all cfg.vocab_size): member r starts exactly as a single model of
+    vocab_size=vocab_sizes[r] and its seed, zeros in the padding, and its padded logits are -inf
+    (``vocab_mask`` (R, 1, V), a buffer that is not in the state dict)."""
 
-    def __init__(self, cfg: TinyConfig, n_models: int = 1, seeds=None, hooks: HookPoints | None = None):
+    def __init__(self, cfg: TinyConfig, n_models: int = 1, seeds=None, hooks: HookPoints | None = None,
+                 vocab_sizes=None):
         super().__init__()
         R = self.R = n_models
         self.cfg = cfg
+        sizes = [cfg.vocab_size] * R if vocab_sizes is None else [int(v) for v in vocab_sizes]
+        if len(sizes) != R or not all(1 <= v <= cfg.vocab_size for v in sizes):
+            raise IclscopeError(f"vocab_sizes {sizes}: need one size per member ({R}), each 1 .. the padded "
+                                f"vocab_size {cfg.vocab_size}")
+        self.vocab_sizes = sizes
+        if min(sizes) < cfg.vocab_size:
+            pad = torch.arange(cfg.vocab_size)[None, :] >= torch.tensor(sizes)[:, None]  # (R, V)
+            self.register_buffer("vocab_mask", torch.zeros(R, 1, cfg.vocab_size).masked_fill(pad[:, None], float("-inf")),
+                                 persistent=False)
+        else:
+            self.vocab_mask = None
         self.hooks = hooks or HookPoints()
         self.embed = nn.Parameter(torch.empty(R, cfg.vocab_size, cfg.d_model))
         self.embed_input = Linear(R, cfg.d_input, cfg.d_model) if cfg.d_input else None
@@ -259,8 +304,15 @@ class TinyTransformer(nn.Module):
                 self.reset(r)
 
     def reset(self, r: int) -> None:
-        """(Re)initialise model r: embeddings N(0, 1), linear maps as nn.Linear, LayerNorms to identity."""
-        nn.init.normal_(self.embed.data[r])
+        """(Re)initialise model r: embeddings N(0, 1), linear maps as nn.Linear, LayerNorms to identity. A
+        member of a smaller vocabulary than the padded one draws exactly its own model's numbers (contiguous
+        tensors of its own size, as nn.init draws differently into strided ones) and has zeros as padding."""
+        v = self.vocab_sizes[r]
+        if v == self.cfg.vocab_size:
+            nn.init.normal_(self.embed.data[r])
+        else:
+            self.embed.data[r].zero_()
+            self.embed.data[r, :v] = nn.init.normal_(self.embed.data.new_empty(v, self.cfg.d_model))
         if self.embed_input is not None:
             self.embed_input.reset(r)
         if self.pos is not None:
@@ -269,7 +321,7 @@ class TinyTransformer(nn.Module):
             block.reset(r)
         if self.ln_f is not None:
             self.ln_f.reset(r)
-        self.unembed.reset(r)
+        self.unembed.reset(r, v)
 
     def forward(self, tokens: torch.Tensor, vectors: torch.Tensor | None = None,
                 vector_mask: torch.Tensor | None = None, past=None, kv_out=None) -> torch.Tensor:
@@ -306,7 +358,10 @@ class TinyTransformer(nn.Module):
         x = x.view(R, -1, cfg.d_model)
         if self.ln_f is not None:
             x = self.hooks(LN_FINAL, self.ln_f(x).view(RB, T, -1)).view(R, -1, cfg.d_model)
-        return self.unembed(x).view(RB, T, -1)
+        logits = self.unembed(x)  # (R, B*T, V)
+        if self.vocab_mask is not None:  # padded vocabulary entries of each member: -inf
+            logits = logits + self.vocab_mask
+        return logits.view(RB, T, -1)
 
 
 class TinyModel(Model):
@@ -316,13 +371,15 @@ class TinyModel(Model):
     supports_padding = False
 
     def __init__(self, cfg: TinyConfig | dict | None = None, seed: int | None = None, n_models: int = 1,
-                 seeds=None, module: TinyTransformer | None = None):
+                 seeds=None, module: TinyTransformer | None = None, vocab_sizes=None):
+        """``vocab_sizes``: each member's own vocabulary size, the weights padded to cfg.vocab_size (see
+        ``TinyTransformer``); None: every member has cfg.vocab_size."""
         super().__init__()
         if module is None:
             cfg = TinyConfig.from_dict(cfg) if isinstance(cfg, dict) else (cfg or TinyConfig())
             if seeds is None:
                 seeds = [seed if seed is not None else 0] if n_models == 1 else list(range(n_models))
-            module = TinyTransformer(cfg, n_models=len(seeds), seeds=seeds)
+            module = TinyTransformer(cfg, n_models=len(seeds), seeds=seeds, vocab_sizes=vocab_sizes)
         self.module, self.hooks, self.cfg = module, module.hooks, module.cfg
         self.n_models = module.R
         c = self.cfg
@@ -368,35 +425,67 @@ class TinyModel(Model):
         lin = self.module.blocks[layer].out
         return z.reshape(*z.shape[:-2], -1) @ lin.weight[0] + lin.bias[0, 0]
 
+    @property
+    def vocab_sizes(self) -> list[int]:
+        """Each member's own vocabulary size (all ``vocab_size`` unless the vocabulary is padded)."""
+        return list(self.module.vocab_sizes)
+
+    @property
+    def padded(self) -> bool:
+        """Whether some member's vocabulary is smaller than the (padded) ``vocab_size``."""
+        return self.module.vocab_mask is not None
+
     def member(self, r: int) -> "TinyModel":
-        """Model r of an ensemble as a stand-alone TinyModel (weights copied)."""
+        """Model r of an ensemble as a stand-alone TinyModel (weights copied; of its own vocabulary size
+        when the ensemble's vocabulary is padded)."""
         if not 0 <= r < self.n_models:
             raise IclscopeError(f"member {r} is out of range: the ensemble has {self.n_models} models")
+        if self.padded:
+            return self.members([r])
         single = TinyModel(self.cfg, seed=0)
         single.module.load_state_dict({k: v[r:r + 1].detach().clone() for k, v in self.module.state_dict().items()})
         return single.to(self.device)
 
     def members(self, indices) -> "TinyModel":
         """Members ``indices`` (a list or range) of an ensemble as an ensemble of their own, in that order
-        (weights copied): e.g. one run's seeds out of a stacked model of several runs."""
+        (weights copied): e.g. one run's seeds out of a stacked model of several runs. With a padded
+        vocabulary, members of one vocabulary size come back unpadded (a model of that vocab_size: what a
+        run trained alone has); members of several sizes stay padded to the largest of theirs."""
         idx = [int(i) for i in indices]
         if not idx or min(idx) < 0 or max(idx) >= self.n_models:
             raise IclscopeError(f"members {idx} are out of range: the ensemble has {self.n_models} models")
-        sub = TinyModel(self.cfg, seeds=[0] * len(idx))
+        sizes = [self.module.vocab_sizes[i] for i in idx]
+        V = max(sizes)
+        cfg = self.cfg if V == self.cfg.vocab_size else replace(self.cfg, vocab_size=V)
+        sub = TinyModel(cfg, seeds=[0] * len(idx), vocab_sizes=sizes if min(sizes) < V else None)
         sel = torch.tensor(idx, dtype=torch.long)
-        sub.module.load_state_dict({k: v.detach().index_select(0, sel.to(v.device)).clone()
+        sub.module.load_state_dict({k: v.detach().index_select(0, sel.to(v.device))[vocab_slice(k, V)].clone()
                                     for k, v in self.module.state_dict().items()})
         return sub.to(self.device)
 
     @classmethod
     def stacked(cls, parts: list) -> "TinyModel":
-        """One ensemble of the members of ``parts`` (TinyModels of one config), in order (weights copied)."""
-        cfgs = {asdict(p.cfg).__repr__() for p in parts}
-        if len(cfgs) != 1:
-            raise IclscopeError("models of different configs cannot be stacked into one ensemble")
-        out = TinyModel(parts[0].cfg, seeds=[0] * sum(p.n_models for p in parts))
+        """One ensemble of the members of ``parts`` (TinyModels of one config), in order (weights copied).
+        Parts whose configs differ only in vocab_size are padded to the largest (their own sizes kept in
+        ``vocab_sizes``, their padded logits -inf): each member computes what it computed before."""
+        base = [{**asdict(p.cfg), "vocab_size": 0} for p in parts]
+        if any(b != base[0] for b in base[1:]):
+            raise IclscopeError("models of different configs cannot be stacked into one ensemble (only their "
+                                "vocab_size may differ)")
+        V = max(p.cfg.vocab_size for p in parts)
+        sizes = [v for p in parts for v in p.vocab_sizes]
+        out = TinyModel(replace(parts[0].cfg, vocab_size=V), seeds=[0] * len(sizes),
+                        vocab_sizes=sizes if min(sizes) < V else None)
         states = [p.module.state_dict() for p in parts]
-        out.module.load_state_dict({k: torch.cat([s[k].detach().cpu() for s in states]) for k in states[0]})
+        full = {}
+        for k, ref in out.module.state_dict().items():
+            pieces = []
+            for p, s in zip(parts, states):
+                piece = torch.zeros(p.n_models, *ref.shape[1:], dtype=ref.dtype)
+                piece[vocab_slice(k, p.cfg.vocab_size)] = s[k].detach().cpu()
+                pieces.append(piece)
+            full[k] = torch.cat(pieces)
+        out.module.load_state_dict(full)
         return out.to(parts[0].device)
 
     def to(self, device=None, dtype=None) -> "TinyModel":
@@ -414,6 +503,9 @@ class TinyModel(Model):
         from .. import store
 
         path = Path(path)
+        if self.padded:
+            raise IclscopeError(f"an ensemble with padded vocabularies (sizes {self.vocab_sizes}) is not saved as one "
+                                f"model; save its members by vocabulary size (members([...]) unpads them)")
         if path.exists():
             other = sorted(set(os.listdir(path)) - {WEIGHTS_FILE, CONFIG_FILE}) if path.is_dir() else [path.name]
             if other:

@@ -52,6 +52,10 @@ class Objective:
     kind: str = ""  # the config's data.kind
     config_class: type = type(None)  # the dataclass of the [data] section (less its "kind")
     dynamic_patterns: frozenset = frozenset()  # clamp patterns built from its batches (``clamps.DYNAMIC_PATTERNS``)
+    # runs of different vocabulary sizes may share a stack (the vocabulary padded to the largest, the padded
+    # logits -inf): true when the objective reads logits only through answer_loss / answer_correct (and so
+    # sees exactly each member's own softmax, cross-entropy and argmax)
+    pads_vocab: bool = False
 
     # ---------------------------------------------------------------- from the config alone
     @classmethod
@@ -131,6 +135,7 @@ class FewShotObjective(Objective):
     kind = "fewshot"
     config_class = FewShotConfig
     dynamic_patterns = frozenset({"label_induction"})
+    pads_vocab = True  # logits only through answer_loss / answer_correct: a labels sweep stacks
 
     @classmethod
     def model_dims(cls, data_cfg: FewShotConfig) -> dict:

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import store
 from ..errors import IclscopeError
+from ..models.tiny import vocab_slice
 from ..report.results import CONFIG, ResultsDir, diff_keys
 from ..store import fault_point
 
@@ -92,18 +93,19 @@ class RunDir:
 
     # ------------------------------------------------------------------ training state
     def save_state(self, module: torch.nn.Module, opt: torch.optim.Optimizer, gens: list[torch.Generator],
-                   step: int, running: tuple, members: slice | None = None) -> None:
+                   step: int, running: tuple, members: slice | None = None, vocab: int | None = None) -> None:
         """Weights, optimizer state, data RNG states, step and the running loss (sums, count): RUN/state is
         replaced whole (a temporary folder renamed into place). ``members``: this run's slice of a stacked
-        model (every weight and Adam moment has the ensemble axis first); the files are those of the run
-        trained alone."""
+        model (every weight and Adam moment has the ensemble axis first); ``vocab``: this run's own
+        vocabulary size in a stack padded to a larger one (the embedding, unembedding and their moments are
+        cut to it: ``models.tiny.VOCAB_AXES``). The files are those of the run trained alone."""
         sl = members if members is not None else slice(None)
-        weights = {k: v.detach()[sl].contiguous().cpu() for k, v in module.state_dict().items()}
+        weights = {k: v.detach()[_index(k, sl, vocab)].contiguous().cpu() for k, v in module.state_dict().items()}
         opt_state = {}
-        for i, p in enumerate(module.parameters()):
+        for i, (name, p) in enumerate(module.named_parameters()):
             for k, v in opt.state.get(p, {}).items():
                 if torch.is_tensor(v):
-                    v = v.detach()[sl] if v.dim() else v.detach()
+                    v = v.detach()[_index(name, sl, vocab)] if v.dim() else v.detach()
                     opt_state[f"{i}.{k}"] = v.contiguous().cpu()
                 else:
                     opt_state[f"{i}.{k}"] = torch.tensor(v)
@@ -128,9 +130,13 @@ class RunDir:
             return None
 
     def load_state(self, module: torch.nn.Module, opt: torch.optim.Optimizer,
-                   gens: list[torch.Generator], members: slice | None = None) -> tuple[int, tuple] | None:
+                   gens: list[torch.Generator], members: slice | None = None,
+                   vocab: int | None = None) -> tuple[int, tuple] | None:
         """Restore a saved state into module, opt and gens; returns (step, running), or None if none.
-        ``members``: this run's slice of a stacked model (as in ``save_state``)."""
+        ``members``: this run's slice of a stacked model, ``vocab``: its own vocabulary size in a padded
+        stack (as in ``save_state``: the padding keeps its zeros, in weights and moments)."""
+        whole = members is None and vocab is None
+        sl = members if members is not None else slice(None)
         d = self.out / "state"
         store.recover_folder(d)
         if not (d / "state.json").exists():
@@ -138,27 +144,27 @@ class RunDir:
         try:
             meta = json.loads((d / "state.json").read_text())
             weights = load_file(str(d / "model.safetensors"))
-            if members is None:
+            if whole:
                 module.load_state_dict(weights)
             else:
                 with torch.no_grad():
                     for k, v in module.state_dict().items():
-                        v[members] = weights[k].to(v.device, v.dtype)
+                        v[_index(k, sl, vocab)] = weights[k].to(v.device, v.dtype)
             flat = load_file(str(d / "optim.safetensors"))
         except Exception as e:  # cannot happen with whole-folder renames; say so in one line if it does
             raise IclscopeError(f"{d}: the saved training state is unreadable ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0] if str(e) else ''}); delete {d} to restart") from None
-        params = list(module.parameters())
+        params = list(module.named_parameters())
         for key, v in flat.items():
             i, k = key.split(".", 1)
-            p = params[int(i)]
-            if members is None or not v.dim():
+            name, p = params[int(i)]
+            if whole or not v.dim():
                 opt.state[p][k] = v
             else:  # fill this run's slice of the stacked moment (zeros until every run has filled its own)
                 full = opt.state[p].get(k)
                 if full is None or full.shape != p.shape:
                     full = opt.state[p][k] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                full[members] = v.to(full.device, full.dtype)
+                full[_index(name, sl, vocab)] = v.to(full.device, full.dtype)
         for g, s in zip(gens, meta["gens"]):
             g.set_state(torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8))
         return int(meta["step"]), tuple(meta["running"])
@@ -256,6 +262,12 @@ class RunDir:
         frozen source for Graft clamps."""
         layout = {"token_layout": token_layout} if token_layout is not None else {}
         model.save(self.out / "final", extra={"seeds": self.seeds, "step": step, **layout}, fault="final:after-weights")
+
+
+def _index(name: str, members: slice, vocab: int | None) -> tuple:
+    """The index of a run's part of the stacked weight (or moment) ``name``: its members, and within them
+    its own ``vocab`` entries on a vocabulary axis (None: all)."""
+    return (members,) if vocab is None else vocab_slice(name, vocab, members)
 
 
 def _cell(v) -> str:

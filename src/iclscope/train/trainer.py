@@ -13,7 +13,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -40,20 +40,46 @@ class TrainingDiverged(IclscopeError):
 
 def stack_key(cfg: dict) -> str:
     """What runs of one stack must share (two validated configs with the same key train as one stacked
-    model): the model's shape (width, layers, label vocabulary, input size, context), the data kind and
-    sequence length, and every [train] and [eval] setting but the seeds, the learning rate and the
-    thread count. The clamps, the other data settings (classes, burstiness, noise, ...) and the learning
-    rate may differ member by member."""
+    model): the model's shape (width, layers, heads, input size, context; the label vocabulary too, except
+    for data kinds whose objective pads it: few-shot), the data kind and sequence length, and every [train]
+    and [eval] setting but the seeds, the learning rate and the thread count. The clamps, the other data
+    settings (classes, number of labels, burstiness, noise, ...) and the learning rate may differ member
+    by member."""
     data = data_config(cfg)
+    model = asdict(model_config(cfg))
+    if OBJECTIVES[cfg["data"]["kind"]].pads_vocab:
+        model.pop("vocab_size")  # padded to the stack's largest and masked (``Trainer``)
     train_keys = {k: v for k, v in cfg["train"].items() if k not in ("seeds", "lr", "threads")}
-    return json.dumps({"model": asdict(model_config(cfg)), "kind": cfg["data"]["kind"], "seq_len": data.seq_len,
+    return json.dumps({"model": model, "kind": cfg["data"]["kind"], "seq_len": data.seq_len,
                        "train": train_keys, "eval": cfg["eval"]}, sort_keys=True, default=str)
+
+
+def _grafts(cfg: dict) -> bool:
+    return any(c.get("kind") == "Graft" for c in cfg["clamp"])
+
+
+def _split_for_grafts(group: list) -> list[list]:
+    """One stack's jobs, split so that every run with a Graft clamp has the largest vocabulary of its stack
+    (a Graft source must match the stacked model's padded shape): the runs that graft, by vocabulary size;
+    the others join the grafting runs of the largest size when theirs is not larger, else a stack of
+    their own."""
+    sizes = [model_config(cfg).vocab_size for cfg, _ in group]
+    graft_sizes = [v for (cfg, _), v in zip(group, sizes) if _grafts(cfg)]
+    if not graft_sizes or len(set(sizes)) == 1:
+        return [group]
+    top = max(graft_sizes)
+    parts: dict = {}
+    for job, v in zip(group, sizes):
+        key = v if _grafts(job[0]) else top if v <= top else "rest"
+        parts.setdefault(key, []).append(job)
+    return list(parts.values())
 
 
 def stack_groups(jobs: list[tuple[dict, Path]]) -> list[list[tuple[dict, Path]]]:
     """Jobs (validated config, run folder) grouped into as few stacks as their shapes allow (``stack_key``),
-    and, among runs that resume, the same saved step (a stack resumes all its runs at one step). Order
-    is kept within a group."""
+    and, among runs that resume, the same saved step (a stack resumes all its runs at one step). Runs that
+    differ in their label vocabulary share a stack (padded), except that a run with a Graft clamp needs
+    the largest vocabulary of its stack. Order is kept within a group."""
     groups: dict = {}
     for cfg, out in jobs:
         saved = None
@@ -64,17 +90,19 @@ def stack_groups(jobs: list[tuple[dict, Path]]) -> list[list[tuple[dict, Path]]]
             except (OSError, ValueError, KeyError, TypeError):
                 saved = None
         groups.setdefault((stack_key(cfg), saved), []).append((cfg, Path(out)))
-    return list(groups.values())
+    return [part for group in groups.values() for part in _split_for_grafts(group)]
 
 
 class _Run:
-    """One run of a stack: its config, folder, seeds and members (``lo`` .. ``lo + R - 1`` of the model)."""
+    """One run of a stack: its config, folder, seeds, members (``lo`` .. ``lo + R - 1`` of the model) and
+    own vocabulary size (``vocab``; the stack's model may be padded to a larger one)."""
 
     def __init__(self, cfg: dict, out: Path, lo: int):
         self.cfg, self.out = cfg, Path(out)
         self.seeds = list(cfg["train"]["seeds"])
         self.R, self.lo = len(self.seeds), lo
         self.members = slice(lo, lo + self.R)
+        self.vocab = model_config(cfg).vocab_size
         self.run_dir: RunDir | None = None
 
 
@@ -88,11 +116,20 @@ class Trainer:
 
     Stacks. ``Trainer.stack([(cfg, out), ...])`` trains several runs of one shape (``stack_key``) as one
     ensemble: run i owns members lo_i .. lo_i + R_i - 1 (its seeds, initialised as when alone), its own
-    data (a generator per seed, its own evaluation sets), its own clamps (addressing its members) and its
-    own learning rate; each op of a step is one batched op for all members, so the per-op overhead that
-    dominates a model this small is paid once per stack. Each run writes its own folder exactly as when
-    trained alone (state/ holds its slice of the weights and Adam moments), so a run of a stack and the
-    same run alone give the same metrics (to float rounding) and resume alike.
+    data (a generator per seed, its own evaluation sets), its own clamps (addressing its members), its
+    own learning rate and (few-shot) its own label vocabulary; each op of a step is one batched op for all
+    members, so the per-op overhead that dominates a model this small is paid once per stack. Each run
+    writes its own folder exactly as when trained alone (state/ holds its slice of the weights and Adam
+    moments), so a run of a stack and the same run alone give the same metrics (to float rounding) and
+    resume alike.
+
+    Label vocabularies (data.n_labels) that differ: the embedding and unembedding are padded to the
+    largest, V. Member r is initialised as a model of its own size v_r (its seed's numbers) with zeros in
+    the padding, and its logits beyond v_r are -inf (``TinyTransformer.vocab_mask``), so its softmax,
+    cross-entropy and argmax (every use of logits by the few-shot objective) are its unpadded model's and
+    its padding gets no gradient. Checkpoints, final/ and state/ (weights and Adam moments) hold each
+    run's own vocabulary only, so they are those of the run alone. A run with a Graft clamp needs the
+    stack's largest vocabulary (its source must match the stacked shape; ``stack_groups`` sees to it).
 
     Per-member learning rate: Adam and AdamW are elementwise and their update is linear in the learning
     rate (AdamW: p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p)), so one step at the largest rate L
@@ -137,7 +174,16 @@ class Trainer:
         torch.set_num_threads(int(t["threads"]))
         kind = self.cfg["data"]["kind"]
         parts = [OBJECTIVES[kind](data_config(run.cfg), run.R) for run in self.runs]
-        self.model = TinyModel(model_config(self.cfg), seeds=self.seeds)
+        sizes = [run.vocab for run in self.runs for _ in run.seeds]
+        V = max(sizes)
+        self.padded = min(sizes) < V  # label vocabularies padded to V, each member's padding masked
+        for run in self.runs:
+            if self.padded and run.vocab < V and _grafts(run.cfg):
+                raise IclscopeError(f"Trainer.stack: run {run.out} has a Graft clamp and {run.vocab} labels, fewer "
+                                    f"than the stack's largest vocabulary ({V}), to which its source cannot be "
+                                    f"padded; train it in another stack (stack_groups separates it)")
+        self.model = TinyModel(replace(model_config(self.cfg), vocab_size=V), seeds=self.seeds,
+                               vocab_sizes=sizes if self.padded else None)
         self.model.module.train()
         lrs = [float(run.cfg["train"]["lr"]) for run in self.runs for _ in run.seeds]
         top = max(lrs)
@@ -255,10 +301,15 @@ class Trainer:
     def _slice(self, run: _Run) -> slice | None:
         return None if len(self.runs) == 1 else run.members
 
+    def _vocab(self, run: _Run) -> int | None:
+        """The run's own vocabulary size when the stack's is padded (its files hold only that); else None."""
+        return run.vocab if self.padded else None
+
     def _train(self) -> list[dict]:
 
         self.step = 0
-        loaded = [run.run_dir.load_state(self.model.module, self.opt, self.gens[run.members], self._slice(run))
+        loaded = [run.run_dir.load_state(self.model.module, self.opt, self.gens[run.members], self._slice(run),
+                                         vocab=self._vocab(run))
                   for run in self.runs]
         steps = {None if x is None else x[0] for x in loaded}
         if len(steps) != 1:
@@ -325,7 +376,8 @@ class Trainer:
         return [self._summarize(run, r, rows[run.lo + r], seconds, resumed) for run in self.runs for r in range(run.R)]
 
     def _sub(self, run: _Run) -> TinyModel:
-        """The run's members as a model of their own (the model itself when the stack is one run)."""
+        """The run's members as a model of their own (the model itself when the stack is one run), of the
+        run's own vocabulary size (``TinyModel.members`` unpads)."""
         return self.model if len(self.runs) == 1 else self.model.members(range(run.lo, run.lo + run.R))
 
     def _diverged(self, what: str, losses: torch.Tensor | None) -> TrainingDiverged:
@@ -348,7 +400,7 @@ class Trainer:
         sums, n = running
         for run in self.runs:
             run.run_dir.save_state(self.model.module, self.opt, self.gens[run.members], self.step,
-                                   (sums[run.members], n), members=self._slice(run))
+                                   (sums[run.members], n), members=self._slice(run), vocab=self._vocab(run))
         self.saved_step = self.step
 
     def _evaluate_and_log(self, rows, writers, train_loss, ckpts) -> None:
