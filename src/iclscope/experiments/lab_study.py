@@ -32,9 +32,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import store
 from ..errors import IclscopeError
 from ..report import Finding, ResultsDir, run_metadata, write_report
 from ..report.html import human_seconds
+from ..report.results import FINISHED
 from .lab import (CONDITION_TEXT, CONDITIONS, SweepFailed, _base_config, _curves, _Engine, _finished, _phase_rows,
                   additivity, clamp_sweep, data_sweep, t_interval, train_stack)
 
@@ -174,10 +176,12 @@ class _Study:
         self.stages = {}
 
     # ------------------------------------------------------------------------------------------ parts
-    def _stage(self, name: str, key: dict):
+    def _stage(self, name: str, key: dict, folders=None):
+        """The part ``name`` as a stage; reused (recorded in ``parts``) when it finished with this key and its
+        results folders (``folders``, default: the stage's own) still hold their finished markers."""
         st = self.res.stage(name, key)
         self.stages[name] = st
-        if st.done and (st.path / ".iclscope-finished.json").exists():
+        if st.done and all((f / FINISHED).exists() for f in (folders or [st.path])):
             info = st.info or {}
             self.parts[name] = {"status": "reused", "seconds": info.get("seconds"), "error": None}
             self.log(f"{name}: reusing the finished part (took {human_seconds(info['seconds'])} when computed)"
@@ -250,7 +254,8 @@ class _Study:
                                         "error": "the reference run failed"}
         else:
             a = s["additivity"]
-            st = self._stage("additivity", {"run": "reference", "config": self.ref_cfg, **a})
+            st = self._stage("additivity", {"run": "reference", "config": self.ref_cfg, **a},
+                             [self.out / "additivity" / f"seed_{sd}" for sd, _ in self._members()])
             if "additivity" not in self.parts:
                 t = time.time()
                 for seed, member in self._members():
@@ -301,11 +306,9 @@ class _Study:
             sec, f, summary["additivity"] = self._additivity()
             sections.append(sec)
             findings += f
-        for i, sec in enumerate(sections):
-            sec["heading"] = f"{i + 1}. {sec['heading']}"
         durations = {n: {"status": p["status"], "seconds": p["seconds"],
                          "duration": None if p["seconds"] is None else human_seconds(p["seconds"]),
-                         "error": p["error"] or ""} for n, p in self.parts.items()}
+                         "error": p["error"] or ""} for n, p in sorted(self.parts.items(), key=lambda x: PARTS.index(x[0]))}
         total = round(time.time() - self.t0, 1)
         summary["durations"] = {"parts": durations, "this_call_seconds": total}
         not_ok = [n for n in PARTS if n not in ok]
@@ -317,6 +320,9 @@ class _Study:
                          "so the durations overlap; reused parts show the time they took when computed.",
                          "table": pd.DataFrame([{"part": n, "folder": f"{n}/", **durations[n]}
                                                 for n in durations])})
+        for i, sec in enumerate(sections):
+            sec["heading"] = f"{i + 1}. {sec['heading']}"
+        summary = json.loads(store.dumps_json(summary))  # strict JSON (NaN -> null), as written
         self.res.write_json("summary.json", summary)
         s = self.s
         write_report(self.res.file("report.html"), "Lab study: what needs to go right for an induction head",
