@@ -88,6 +88,7 @@ def _configs(config, seeds, sequences, data_sequences, labels, classes) -> tuple
     base = _base_config(config)
     base["train"]["seeds"] = list(seeds)
     base["train"]["threads"] = 1           # one CPU per engine job
+    base["train"]["sequences"] = int(sequences)  # the clamp sweep's; the data sweeps get data_sequences
     ref = copy.deepcopy(base)
     ref["train"]["sequences"] = int(sequences)
     ref["name"] = "reference"
@@ -383,8 +384,8 @@ class _Study:
             if r.condition == "none":
                 continue
             findings.append(Finding(
-                f"Clamp {r.condition} ({CONDITION_TEXT.get(r.condition, '')}): phase change at "
-                f"{_fmt_seq(r.phase_change_mean)} sequences, {_verdict(r.vs_none)}.",
+                f"Clamp {r.condition} ({CONDITION_TEXT.get(r.condition, '')}): {_when(r, self.s['sequences'])}; "
+                f"{_verdict(r.vs_none)}.",
                 value=_num(r.phase_change_mean), interval=_interval(r), interval_kind="95 % t interval over seeds",
                 baseline=f"no clamp: {_fmt_seq(none.phase_change_mean)}" + _ci_text(none),
                 within_noise=not str(r.vs_none).startswith(("earlier", "later"))))
@@ -409,9 +410,10 @@ class _Study:
                            "err": half.fillna(0).to_numpy()})
             first, last = t.iloc[0], t.iloc[-1]
             findings.append(Finding(
-                f"{name.capitalize()} {int(first[name])} -> {int(last[name])}: phase change at "
-                + ", ".join(f"{_fmt_seq(m)}" for m in t.phase_change_mean) + f" sequences for {name} "
-                + ", ".join(str(int(v)) for v in t[name]) + f"; the last value {_verdict(last.vs_first, int(first[name]))}.",
+                f"Phase change against {name}: " + "; ".join(
+                    f"{int(r[name])} {name}: {_fmt_seq(r.phase_change_mean)}" for _, r in t.iterrows())
+                + f" (sequences; within {self.s['data_sequences']:,}); {int(last[name])} against "
+                f"{int(first[name])}: {_verdict(last.vs_first, int(first[name]))}.",
                 value=_num(last.phase_change_mean), interval=_interval(last), interval_kind="95 % t interval over seeds",
                 baseline=f"{name} {int(first[name])}: {_fmt_seq(first.phase_change_mean)}" + _ci_text(first),
                 within_noise=not str(last.vs_first).startswith(("earlier", "later"))))
@@ -489,6 +491,14 @@ def _interval(row) -> tuple[float, float] | None:
 def _fmt_seq(v) -> str:
     v = float(v)
     return "not reached" if not math.isfinite(v) else f"{v:,.0f}"
+
+
+def _when(row, sequences: int) -> str:
+    """The phase change of a phase-table row in words: when, and how many seeds reached it."""
+    if not math.isfinite(float(row["phase_change_mean"])):
+        return f"no phase change within {sequences:,} sequences (no seed of {int(row['seeds'])} reached the threshold)"
+    some = f" ({int(row['reached'])} of {int(row['seeds'])} seeds reached it)" if row["reached"] < row["seeds"] else ""
+    return f"phase change at {float(row['phase_change_mean']):,.0f} sequences{some}"
 
 
 def _ci_text(row) -> str:
