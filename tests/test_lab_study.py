@@ -138,3 +138,24 @@ def test_a_foreign_folder_is_refused_untouched(tmp_path):
     with pytest.raises(IclscopeError, match="not made by iclscope"):
         lab_study(load_config(None, TINY), out=mine, log=lambda *a: None, **ARGS)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_failed_parts_are_reported_and_the_call_raises_naming_them(tmp_path, engine):
+    from iclscope.experiments.lab import SweepFailed
+
+    out = tmp_path / "lab"
+    with pytest.raises(SweepFailed) as e:
+        lab_study(load_config(None, TINY + ["train.lr=1e10"]), out=out, engine=engine, log=lambda *a: None,
+                  seeds=(0,), sequences=32, labels=(5,), classes=(50,), conditions=["prev_token"], additivity_n=64)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("lab study: 5 part(s) did not finish: reference (training diverged")
+    assert re.search(r"; clamp-sweep \(\d run\(s\) of the sweep failed: ", msg), msg
+    assert "; labels (1 run(s)" in msg and "; classes (1 run(s)" in msg and "; additivity (the reference run failed)" in msg
+    assert msg.endswith("the same command retries them and reuses the finished parts")
+    # the report of what finished is written; the folder is not marked finished
+    summary = json.loads((out / "summary.json").read_text())
+    assert {n: p["status"] for n, p in summary["durations"]["parts"].items()} == {
+        "reference": "failed", "clamp-sweep": "failed", "labels": "failed", "classes": "failed",
+        "additivity": "not run"}
+    assert "Not finished: reference (training diverged" in (out / "report.html").read_text()
+    assert not (out / ".iclscope-finished.json").exists()
