@@ -308,6 +308,17 @@ case("clamp-sweep-out-foreign", "clamp-sweep cfg.toml --out foreign --sequences 
 case("clamp-sweep-out-is-file", "clamp-sweep cfg.toml --out afile.txt --sequences 64 --seeds 0", r"afile\.txt",
      {"cfg.toml": config()})
 
+# --- lab (the whole second study) ------------------------------------------------------------------------
+case("lab-labels-one", "lab --labels 1,5 --out new", r"--labels")
+case("lab-labels-repeated", "lab --labels 5,5 --out new", r"--labels")
+case("lab-classes-word", "lab --classes x --out new", r"--classes")
+case("lab-seeds-repeated", "lab --seeds 0,0 --out new", r"--seeds")
+case("lab-conditions-unknown", "lab --conditions none,zap --out new", r"--conditions.*zap")
+case("lab-how-unknown", "lab --how maybe --out new", r"--how")
+case("lab-config-bad-key", "lab cfg.toml --out new --sequences 64", r"model\.n_layers",
+     {"cfg.toml": config(model__n_layers=0)})
+case("lab-out-foreign", "lab cfg.toml --out foreign --sequences 64 --seeds 0", r"foreign", {"cfg.toml": config()})
+
 # --- data-sweep ----------------------------------------------------------------------------------------
 case("data-sweep-no-vary", "data-sweep --out new", r"required: --vary")
 case("data-sweep-vary-no-values", "data-sweep --vary labels --out new", r"--vary")

@@ -59,6 +59,21 @@ def condition_list(text: str) -> list[str]:
     return names
 
 
+def int_list(text: str) -> list[int]:
+    """Comma-separated distinct whole numbers >= 2 ("5,10,15"): the values of a labels or classes sweep."""
+    out = []
+    for p in name_list(text):
+        try:
+            n = positive_int(p)
+        except argparse.ArgumentTypeError:
+            n = 0
+        if n < 2:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated distinct whole numbers >= 2, "
+                                             f"e.g. 5,10,15; {p!r} is not one")
+        out.append(n)
+    return out
+
+
 def set_item(text: str) -> str:
     """A ``--set KEY=VALUE`` override, checked for shape (:func:`iclscope.schema.key_value`); returned as
     given, for ``load_config``."""
@@ -138,6 +153,16 @@ def _cmd_data_sweep(args) -> int:
 
     data_sweep(args.config, vary=args.vary, out=args.out, seeds=args.seeds, sequences=args.sequences,
                workers=args.workers, stack=not args.no_stack, address=args.address)
+    return 0
+
+
+def _cmd_lab(args) -> int:
+    from .experiments.lab_study import lab_study
+
+    lab_study(args.config, out=args.out, seeds=args.seeds, sequences=args.sequences,
+              data_sequences=args.data_sequences, labels=args.labels, classes=args.classes,
+              conditions=args.conditions, additivity_n=args.additivity_n, additivity_how=args.how,
+              workers=args.workers, address=args.address, stack=not args.no_stack)
     return 0
 
 
@@ -326,6 +351,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "host:port or ray://host:10001; --out must then be on storage every node shares (default: "
                    "an embedded Ray of --workers CPUs on this machine)")
     ds.set_defaults(fn=_cmd_data_sweep)
+
+    lb = sub.add_parser("lab", help="the whole lab study (Singh et al.): reference run, clamp sweep, labels and "
+                        "classes sweeps, additivity; one results folder, one report")
+    lb.add_argument("config", nargs="?", default=None, help="base TOML config (default: the reference setup)")
+    lb.add_argument("--out", default="results/lab", help="results folder (one subfolder per part, report.html at "
+                    "the top)")
+    lb.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated distinct seeds (integers >= 0) "
+                    "of every run")
+    lb.add_argument("--sequences", type=positive_count, default="6e5", help="training sequences of the reference run "
+                    "and of each clamp-sweep run (a whole number, e.g. 600000 or 6e5)")
+    lb.add_argument("--data-sequences", type=positive_count, default=None, help="training sequences of each labels / "
+                    "classes sweep run (default: --sequences; the study's 15-label runs needed ~1.2e6)")
+    lb.add_argument("--labels", type=int_list, default="5,10,15", help="values of the labels sweep (data.n_labels)")
+    lb.add_argument("--classes", type=int_list, default="50,200", help="values of the classes sweep (data.n_classes)")
+    lb.add_argument("--conditions", type=condition_list, default=None, help="clamp-sweep conditions, comma-separated "
+                    f"subset of: {', '.join(CONDITIONS)} (default: all; none is always included)")
+    lb.add_argument("--additivity-n", type=positive_int, default=2048, help="sequences per additivity measurement")
+    lb.add_argument("--how", type=choice("zero", "mean"), default="zero", help="additivity: ablation of the "
+                    "inactive heads, zero or mean")
+    lb.add_argument("--workers", type=positive_int, default=2, help="CPUs of the embedded Ray engine shared by every "
+                    "part, one CPU thread per stack (with --address: the cluster's CPUs)")
+    lb.add_argument("--no-stack", action="store_true", help="one engine job per run (default: runs of one shape "
+                    "train as one stacked model)")
+    lb.add_argument("--address", default=None, help="join a Ray cluster: auto, host:port or ray://host:10001; --out "
+                    "must then be on storage every node shares (default: an embedded Ray of --workers CPUs)")
+    lb.set_defaults(fn=_cmd_lab)
 
     sc = sub.add_parser("scores", help="induction, previous-token, duplicate-token and FV score of every head")
     _model_args(sc)
