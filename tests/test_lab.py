@@ -15,7 +15,7 @@ import pytest
 import iclscope
 from iclscope import IclscopeError
 from iclscope.engine import Engine
-from iclscope.experiments.lab import (CONDITIONS, _phase_rows, additivity, clamp_sweep, data_sweep, t_interval,
+from iclscope.experiments.lab import (CONDITIONS, phase_rows, additivity, clamp_sweep, data_sweep, t_interval,
                                       versus_reference)
 from iclscope.train import load_config, train
 
@@ -79,9 +79,9 @@ def _curve(drop_at: float, seed: int) -> pd.DataFrame:
 
 def test_phase_table_intervals_and_within_noise():
     thr = 0.4 * np.log(2)
-    none = _phase_rows("none", [_curve(d, s) for s, d in enumerate([40_000, 42_000, 44_000])], [0, 1, 2], thr)
-    late = _phase_rows("late", [_curve(d, s) for s, d in enumerate([70_000, 71_000, 72_000])], [0, 1, 2], thr)
-    close = _phase_rows("close", [_curve(d, s) for s, d in enumerate([38_000, 43_000, 47_000])], [0, 1, 2], thr)
+    none = phase_rows("none", [_curve(d, s) for s, d in enumerate([40_000, 42_000, 44_000])], [0, 1, 2], thr)
+    late = phase_rows("late", [_curve(d, s) for s, d in enumerate([70_000, 71_000, 72_000])], [0, 1, 2], thr)
+    close = phase_rows("close", [_curve(d, s) for s, d in enumerate([38_000, 43_000, 47_000])], [0, 1, 2], thr)
     # independent: 95 % t interval with t(0.975, 2) = 4.303 from the table
     v = np.array([40_000, 42_000, 44_000.0])
     half = 4.303 * v.std(ddof=1) / np.sqrt(3)

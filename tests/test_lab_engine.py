@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from iclscope.engine import Engine, Resources
-from iclscope.experiments.lab import SweepFailed, _Engine, _run_all, clamp_sweep, data_sweep
+from iclscope.experiments.lab import SweepFailed, SweepEngine, _run_all, clamp_sweep, data_sweep
 from iclscope.train import Trainer, load_config
 
 TINY = ["train.sequences=160", "train.batch_size=16", "eval.every=5", "eval.batch=32", "eval.checkpoint_every=10",
@@ -113,7 +113,7 @@ def test_a_failing_stack_is_reported_and_the_others_finish(tmp_path, engine, cap
 def test_a_worker_that_cannot_write_the_sweep_folder_fails_clearly(tmp_path, engine, capsys):
     cfg = load_config(None, TINY)
     gone = tmp_path / "not-shared"
-    failed = _run_all([(cfg, gone / "run")], gone, _Engine(engine, None, 2), log=lambda *a: None)
+    failed = _run_all([(cfg, gone / "run")], gone, SweepEngine(engine, None, 2), log=lambda *a: None)
     assert failed == [gone / "run"] and not gone.exists()
     [line] = [ln for ln in capsys.readouterr().err.splitlines() if "FAILED" in ln]
     host = socket.gethostname()

@@ -175,7 +175,7 @@ def train_stack(jobs: list[tuple[dict, str]], cwd: str, threads: int = 1) -> lis
     return [o for _, o in jobs]
 
 
-def _finished(out: Path, cfg: dict) -> bool:
+def run_finished(out: Path, cfg: dict) -> bool:
     """A run is reused only if it finished (its finished marker, written last) with exactly ``cfg``."""
     try:
         return (json.loads((out / results.CONFIG).read_text()) == json.loads(store.dumps_json(cfg))
@@ -184,7 +184,7 @@ def _finished(out: Path, cfg: dict) -> bool:
         return False
 
 
-class _Engine:
+class SweepEngine:
     """The sweep's engine, started only when a run needs training: the one given, else an
     ``iclscope.engine.Engine`` made from ``address`` (None: embedded, ``workers`` CPUs) and closed by
     ``close()``."""
@@ -210,7 +210,7 @@ class _Engine:
             self.engine = None
 
 
-def _run_all(jobs: list[tuple[dict, Path]], folder: Path, engine: _Engine, log, stack: bool = True) -> list[Path]:
+def _run_all(jobs: list[tuple[dict, Path]], folder: Path, engine: SweepEngine, log, stack: bool = True) -> list[Path]:
     """Train the (cfg, out) jobs (``out`` in the sweep's results folder ``folder``), finished ones reused;
     returns the folders of the runs that failed.
 
@@ -224,7 +224,7 @@ def _run_all(jobs: list[tuple[dict, Path]], folder: Path, engine: _Engine, log, 
     line naming its run folders and the error, and the others still finish. Killing the sweep leaves
     no worker behind: the engine's jobs are cancelled on the way out (Ctrl-C), and an embedded Ray dies
     with the sweep process (the engine's watchdog) even when that is SIGKILLed."""
-    todo = [(c, o) for c, o in jobs if not _finished(o, c)]
+    todo = [(c, o) for c, o in jobs if not run_finished(o, c)]
     for c, o in jobs:
         if (c, o) not in todo:
             log(f"  reusing finished run {o}")
@@ -279,12 +279,13 @@ def _failed(failed: list[Path], not_run: list[Path] = ()) -> SweepFailed:
     return SweepFailed(msg + "; the same command retries them and reuses the finished runs")
 
 
-def _curves(out: Path, seeds: list[int]) -> list[pd.DataFrame]:
+def run_curves(out: Path, seeds: list[int]) -> list[pd.DataFrame]:
+    """Each seed's metrics.csv of the run folder ``out`` (``out/seed_S`` for an ensemble), in seed order."""
     R = len(seeds)
     return [pd.read_csv((out if R == 1 else out / f"seed_{s}") / "metrics.csv") for s in seeds]
 
 
-def _phase_rows(name: str, dfs: list[pd.DataFrame], seeds, threshold: float) -> dict:
+def phase_rows(name: str, dfs: list[pd.DataFrame], seeds, threshold: float) -> dict:
     """One table row: the phase change (first evaluation from which train loss stays below ``threshold``,
     the few-shot protocol) of each seed's curve, their mean, standard deviation and a 95 % t interval
     over the seeds that reached it (mean +- t(0.975, n-1) x sd / sqrt n; NaN with fewer than 2), and
@@ -340,7 +341,8 @@ def versus_reference(table: pd.DataFrame, ref: str) -> list[str]:
     return out
 
 
-def _base_config(config) -> dict:
+def base_config(config) -> dict:
+    """A validated config from None (the reference setup), a TOML path, or a dict."""
     return load_config(config) if config is None or isinstance(config, (str, Path)) else validate_config(config)
 
 
@@ -363,13 +365,13 @@ def clamp_sweep(config=None, out: str | Path = "results/clamp-sweep", seeds=(0, 
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown:
         raise IclscopeError(f"unknown condition(s) {', '.join(unknown)}; known: {', '.join(CONDITIONS)}")
-    base = _base_config(config)
+    base = base_config(config)
     base["train"]["seeds"] = [int(s) for s in seeds]
     base["train"]["sequences"] = int(sequences)
     base["train"]["threads"] = 1
     base["eval"]["batch"] = min(int(base["eval"]["batch"]), 256)  # many runs: lighter evaluations
     out = Path(out)
-    eng = _Engine(engine, address, workers)
+    eng = SweepEngine(engine, address, workers)
     try:
         with ResultsDir(out, {"command": "clamp-sweep", "base": base, "conditions": conditions},
                         command="clamp-sweep") as res:
@@ -380,7 +382,7 @@ def clamp_sweep(config=None, out: str | Path = "results/clamp-sweep", seeds=(0, 
     return table
 
 
-def _clamp_sweep(res, out, base, conditions, seeds, sequences, engine: _Engine, log, stack=True) -> pd.DataFrame:
+def _clamp_sweep(res, out, base, conditions, seeds, sequences, engine: SweepEngine, log, stack=True) -> pd.DataFrame:
     needs_none = any("@none" in json.dumps(CONDITIONS[c]) for c in conditions)
     if needs_none and "none" not in conditions:
         conditions = ["none"] + conditions
@@ -404,8 +406,8 @@ def _clamp_sweep(res, out, base, conditions, seeds, sequences, engine: _Engine, 
     if failed:
         raise _failed(failed)
     thr = float(base["eval"]["phase_threshold"])
-    curves = {c: _curves(out / c, base["train"]["seeds"]) for c in conditions}
-    table = pd.DataFrame([_phase_rows(c, curves[c], seeds, thr) for c in conditions])
+    curves = {c: run_curves(out / c, base["train"]["seeds"]) for c in conditions}
+    table = pd.DataFrame([phase_rows(c, curves[c], seeds, thr) for c in conditions])
     if "none" in conditions:
         table["vs_none"] = versus_reference(table, "none")
     table["what"] = [CONDITION_TEXT[c] for c in conditions]
@@ -440,7 +442,7 @@ def data_sweep(config=None, vary: str = "labels=5,10,15", out: str | Path = "res
     if "." not in key:
         raise IclscopeError(f"--vary: unknown property {name!r}; use {', '.join(sorted(DATA_KEYS))} or a dotted key")
     section, field = key.split(".", 1)
-    base = _base_config(config)
+    base = base_config(config)
     if field not in base[section] and section in ("train", "eval"):
         raise IclscopeError(f"--vary: unknown key {key}")
     base["train"]["seeds"] = [int(s) for s in seeds]
@@ -455,7 +457,7 @@ def data_sweep(config=None, vary: str = "labels=5,10,15", out: str | Path = "res
         cfg[section][field] = v
         cfg["name"] = f"{name}={v}"
         jobs.append((validate_config(cfg), out / safe_name(f"{name}={v}")))  # a user value: never a path
-    eng = _Engine(engine, address, workers)
+    eng = SweepEngine(engine, address, workers)
     try:
         with ResultsDir(out, {"command": "data-sweep", "base": base, "vary": key, "values": vals},
                         command="data-sweep") as res:
@@ -466,14 +468,14 @@ def data_sweep(config=None, vary: str = "labels=5,10,15", out: str | Path = "res
     return table
 
 
-def _data_sweep(res, out, base, name, key, vals, jobs, seeds, engine: _Engine, log, stack=True) -> pd.DataFrame:
+def _data_sweep(res, out, base, name, key, vals, jobs, seeds, engine: SweepEngine, log, stack=True) -> pd.DataFrame:
     log(f"data sweep over {key} = {vals}: {len(vals)} runs x {len(seeds)} seeds -> {out}/")
     failed = _run_all(jobs, out, engine, log, stack)
     if failed:
         raise _failed(failed)
     thr = float(base["eval"]["phase_threshold"])
-    curves = {f"{name}={v}": _curves(o, base["train"]["seeds"]) for v, (_, o) in zip(vals, jobs)}
-    table = pd.DataFrame([_phase_rows(k, c, seeds, thr) for k, c in curves.items()])
+    curves = {f"{name}={v}": run_curves(o, base["train"]["seeds"]) for v, (_, o) in zip(vals, jobs)}
+    table = pd.DataFrame([phase_rows(k, c, seeds, thr) for k, c in curves.items()])
     table["vs_first"] = versus_reference(table, table.condition.iloc[0])
     table.insert(1, name, vals)
     res.write_table("phase_change.csv", table)

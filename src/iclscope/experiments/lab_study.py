@@ -37,7 +37,7 @@ from ..errors import IclscopeError
 from ..report import Finding, ResultsDir, run_metadata, write_report
 from ..report.html import human_seconds
 from ..report.results import FINISHED
-from .lab import (CONDITION_TEXT, CONDITIONS, SweepFailed, _base_config, _curves, _Engine, _finished, _phase_rows,
+from .lab import (CONDITION_TEXT, CONDITIONS, SweepFailed, base_config, run_curves, SweepEngine, run_finished, phase_rows,
                   additivity, clamp_sweep, data_sweep, t_interval, train_stack)
 
 PARTS = ("reference", "clamp-sweep", "labels", "classes", "additivity")
@@ -85,7 +85,7 @@ def _configs(config, seeds, sequences, data_sequences, labels, classes) -> tuple
     classes value checked against the config (a value the data cannot take is refused naming it)."""
     from ..train import validate_config
 
-    base = _base_config(config)
+    base = base_config(config)
     base["train"]["seeds"] = list(seeds)
     base["train"]["threads"] = 1           # one CPU per engine job
     base["train"]["sequences"] = int(sequences)  # the clamp sweep's; the data sweeps get data_sequences
@@ -159,7 +159,7 @@ def lab_study(config=None, out: str | Path = "results/lab", seeds=(0, 1, 2), seq
     settings = {"command": "lab", "base": base, "seeds": seeds, "sequences": sequences,
                 "data_sequences": data_sequences, "labels": labels, "classes": classes, "conditions": conditions,
                 "additivity": {"n": additivity_n, "how": additivity_how}, "stack": bool(stack)}
-    eng = _Engine(engine, address, workers)
+    eng = SweepEngine(engine, address, workers)
     try:
         with ResultsDir(out, settings, command="lab") as res:
             return _Study(res, base, ref_cfg, settings, eng, log, t0).run()
@@ -170,7 +170,7 @@ def lab_study(config=None, out: str | Path = "results/lab", seeds=(0, 1, 2), seq
 class _Study:
     """The driver: the parts as stages of ``res``, their durations, and the report."""
 
-    def __init__(self, res: ResultsDir, base: dict, ref_cfg: dict, settings: dict, eng: _Engine, log, t0: float):
+    def __init__(self, res: ResultsDir, base: dict, ref_cfg: dict, settings: dict, eng: SweepEngine, log, t0: float):
         self.res, self.base, self.ref_cfg, self.s, self.eng, self.log, self.t0 = res, base, ref_cfg, settings, eng, log, t0
         self.out = res.path
         self.parts: dict[str, dict] = {}   # name -> {"status", "seconds", "error"}
@@ -219,7 +219,7 @@ class _Study:
         ref = self._stage("reference", {"config": self.ref_cfg})
         ref_t = time.time()
         if "reference" not in self.parts:
-            if _finished(ref.path, self.ref_cfg):  # trained before its stage was recorded finished
+            if run_finished(ref.path, self.ref_cfg):  # trained before its stage was recorded finished
                 self._done("reference", 0.0)
             else:
                 from ..engine import Resources
@@ -242,7 +242,7 @@ class _Study:
                 eng.wait([ref_job])
                 outcome = eng.outcome(ref_job)
                 ref_job = None
-                if outcome["ok"] and _finished(ref.path, self.ref_cfg):
+                if outcome["ok"] and run_finished(ref.path, self.ref_cfg):
                     self._done("reference", outcome["value"]["seconds"])
                 else:
                     self._failed("reference", outcome.get("error") or "the run ended without finishing",
@@ -341,8 +341,8 @@ class _Study:
 
         seeds = self.s["seeds"]
         ref = self.stages["reference"].path
-        curves = _curves(ref, seeds)  # the run's own metrics.csv, one per seed
-        row = _phase_rows("reference", curves, seeds, thr)
+        curves = run_curves(ref, seeds)  # the run's own metrics.csv, one per seed
+        row = phase_rows("reference", curves, seeds, thr)
         fig = loss_curves(self.res.file("reference_loss.png"), {"reference": curves}, threshold=thr,
                           title=f"reference run: train loss ({len(seeds)} seed(s): mean and range)")
         plateau = [float(c.train_loss[(c.sequences > 0) & (c.train_loss > thr)].median()) for c in curves]
