@@ -106,3 +106,26 @@ def test_a_clamp_over_the_whole_layer_stops_the_gradient_into_it():
         logits.sum().backward()
         qk_grad = qkv.grad[0, :, :32] if qkv.grad is not None else torch.zeros(1)
         assert (float(qk_grad.abs().max()) == 0.0) == frozen
+
+
+def test_ops_that_together_replace_a_site_stop_its_gradient_with_the_same_numbers():
+    """Two runs of a stack each ablating layer 0's heads of their own member: together every entry of z is
+    replaced, so layer 0's q/k/v weights get no gradient (none needs it), and the logits are those of one
+    ablation over both members."""
+    from iclscope import Ablate
+
+    model = TinyModel(TinyConfig(n_layers=2, n_heads=2, d_model=16, vocab_size=7, n_ctx=16), seeds=[0, 1])
+    tokens = torch.randint(0, 7, (4, 5), generator=torch.Generator().manual_seed(0))  # 2 rows per member
+    heads = [(0, 0), (0, 1)]
+    qkv = model.module.blocks[0].qkv.weight
+    split = [Ablate(heads, how="zero", members=[0]), Ablate(heads, how="zero", members=[1])]
+    partial = [Ablate(heads, how="zero", members=[0]), Ablate([(0, 0)], how="zero", members=[1])]
+    out = {}
+    for name, ivs in (("split", split), ("whole", [Ablate(heads, how="zero")]), ("partial", partial)):
+        model.module.zero_grad(set_to_none=True)
+        logits = model.run(tokens, interventions=ivs, grad=True)[0]
+        logits.sum().backward()
+        out[name] = (logits.detach(), qkv.grad)
+    assert torch.allclose(out["split"][0], out["whole"][0], atol=1e-6)
+    assert out["split"][1] is None  # not even computed: layer 0 is outside the differentiated graph
+    assert out["partial"][1] is not None and float(out["partial"][1][1].abs().max()) > 0  # member 1's head 1 trains

@@ -91,6 +91,7 @@ class _SiteOp:
         self.site, self.layer, self.entries, self.rows = site, layer, entries, rows  # entries: head indices or None
         self.positions, self.value_fn, self.add, self.detach = positions, value_fn, add, detach
         self.members, self.n_models = members, n_models  # members: ensemble member indices or None (all)
+        self.exact_mask = True  # False when value_fn may narrow the mask (returns (value, mask))
         self._mask_cache: dict = {}
         self._full_cache: dict = {}
 
@@ -382,10 +383,25 @@ def _clamp_ops(c: ClampPattern, model) -> list[tuple[str, Callable]]:
     ops = []
     for layer, idxs in by_layer.items():
         rows = [c.rows[i] for i in idxs] if c.rows is not None else None
-        ops.append((hook_name("pattern", layer),
-                    _SiteOp("pattern", layer, [heads[i][1] for i in idxs], rows, c.positions, value_fn,
-                            members=members, n_models=R)))
+        op = _SiteOp("pattern", layer, [heads[i][1] for i in idxs], rows, c.positions, value_fn, members=members,
+                     n_models=R)
+        op.exact_mask = not isinstance(kind, str) or kind != "induction"
+        ops.append((hook_name("pattern", layer), op))
     return ops
+
+
+def replaced_together(fns: Sequence[Callable], x: torch.Tensor) -> bool:
+    """Do the site ops ``fns`` (two or more, applied in order at one site) together replace every entry of
+    ``x`` by detached values? Then nothing of ``x`` reaches the output and the caller may detach it, so no
+    gradient is computed through what produced it (e.g. the runs of a stack that each graft layer 0 of
+    their own members: every member's layer 0 is replaced, none needs its backward pass)."""
+    if len(fns) < 2 or not all(isinstance(f, _SiteOp) and not f.add and f.detach and f.exact_mask for f in fns):
+        return False
+    covered = None
+    for f in fns:
+        m = f.mask(x)
+        covered = m if covered is None else covered | m
+    return bool(covered.all())
 
 
 def compile_interventions(interventions: Sequence, model) -> Plan:
@@ -415,4 +431,5 @@ def compile_interventions(interventions: Sequence, model) -> Plan:
     return plan
 
 
-__all__ = ["Plan", "RunContext", "check_members", "check_site", "compile_interventions", "positions_index"]
+__all__ = ["Plan", "RunContext", "check_members", "check_site", "compile_interventions", "positions_index",
+           "replaced_together"]

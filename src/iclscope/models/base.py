@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from ..cache import Cache
-from ..compile import Plan, RunContext, compile_interventions, positions_index
+from ..compile import Plan, RunContext, compile_interventions, positions_index, replaced_together
 from ..errors import IclscopeError
 from ..sites import HEAD_SITES, MODEL_SITES, PER_LAYER_SITES, QK_SITES, SITES, hook_name, parse_hook_name
 from .prefix import PrefixCache, PrefixRows
@@ -57,6 +57,8 @@ class HookPoints:
     def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
         fns = self.ops.get(name)
         if fns:
+            if len(fns) > 1 and x.requires_grad and replaced_together(fns, x):
+                x = x.detach()  # every entry is replaced: no gradient needs to flow into x
             for fn in fns:
                 x = fn(x, self.ctx)
         return x
