@@ -157,16 +157,19 @@ def small_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     def back(x: torch.Tensor) -> torch.Tensor:  # (N, H, Tq, Tk) -> (Tq, Tk, N*H)
         return x.permute(2, 3, 0, 1).reshape(Tq, Tk, N * H)
 
+    def hooked(site: str) -> bool:  # only a site with something registered pays for the layout change
+        return hooks is not None and bool(hooks.ops.get(names[site]))
+
     qq, kk, vv = inner(q, Tq), inner(k, Tk), inner(v, Tk)
     scores = (qq[:, None] * kk[None]).sum(2) * (D ** -0.5) + mask[:, :, None]  # (Tq, Tk, N*H)
-    if hooks is not None:
+    if hooked("attn_scores"):
         scores = back(hooks(names["attn_scores"], outer(scores)))  # masked keys at -inf
     pattern = scores.softmax(1)
-    if hooks is not None:
+    if hooked("pattern"):
         pattern = back(hooks(names["pattern"], outer(pattern)))
     z = (pattern[:, :, None] * vv[None]).sum(1)  # (Tq, D, N*H)
     z = z.view(Tq, D, N, H).permute(2, 0, 3, 1).contiguous()  # (N, Tq, H, D)
-    return hooks(names["z"], z) if hooks is not None else z
+    return hooks(names["z"], z) if hooked("z") else z
 
 
 def _shared_columns(vector_mask: torch.Tensor) -> torch.Tensor | None:
