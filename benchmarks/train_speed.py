@@ -2,7 +2,10 @@
 and the default clamp sweep stacked and unstacked side by side.
 
     .venv/bin/python benchmarks/train_speed.py [--parts run,data,clamps,stack,sweep] [--out DIR]
-                                               [--sweep-sequences 6e5]
+                                               [--sweep-sequences 6e5] [--threads 2]
+
+Before / after a change, side by side: run the same parts with PYTHONPATH pointing at each tree's src/
+(e.g. a `git worktree` of the older commit), one after the other.
 
 Prints a markdown table (with the date, the machine and /proc/loadavg at each measure) to paste into the
 README. On a shared machine read the ratios (stacked / unstacked, clamp / no clamp), measured side by
@@ -66,9 +69,9 @@ def _rate(t: Trainer, steps: int, repeats: int) -> float:
     return best
 
 
-def step_rate(clamps: list, steps: int = 1500, repeats: int = 3) -> float:
+def step_rate(clamps: list, steps: int = 1500, repeats: int = 3, threads: int = 2) -> float:
     """Training steps per second of the reference configuration under ``clamps`` (best of repeats)."""
-    cfg = load_config(None, ["train.threads=2"])
+    cfg = load_config(None, [f"train.threads={threads}"])
     cfg["clamp"] = clamps
     return _rate(Trainer(cfg, tempfile.mkdtemp(), progress=False, log=lambda *a: None), steps, repeats)
 
@@ -92,6 +95,7 @@ def main() -> None:
     ap.add_argument("--parts", default="run,data,clamps,sweep")
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--sweep-sequences", type=float, default=6e5, help="sequences per run of the clamp sweep")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the single-run step rates (clamps)")
     args = ap.parse_args()
     parts = args.parts.split(",")
     out = Path(args.out or tempfile.mkdtemp(prefix="iclscope-bench-"))
@@ -123,12 +127,12 @@ def main() -> None:
                 sample(*args)
             rows.append((f"data: one {name}", f"{(time.perf_counter() - t0) / 500 * 1e3:.2f} ms"))
     if "clamps" in parts:
-        base = step_rate([])
-        rows.append(("training step, no clamp", f"{base:.0f} steps/s, load {load()}"))
+        base = step_rate([], threads=args.threads)
+        rows.append((f"training step, no clamp ({args.threads} threads)", f"{base:.0f} steps/s, load {load()}"))
         for name, clamps in CLAMPS.items():
             if name == "none":
                 continue
-            r = step_rate(clamps)
+            r = step_rate(clamps, threads=args.threads)
             rows.append((f"training step, clamp: {name}",
                          f"{r:.0f} steps/s ({(base / r - 1) * 100:+.0f} % time), load {load()}"))
     if "stack" in parts:
