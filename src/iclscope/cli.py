@@ -326,13 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "number, e.g. 600000 or 6e5)")
     c.add_argument("--conditions", type=condition_list, default=None, help="comma-separated subset of: "
                    f"{', '.join(CONDITIONS)} (default: all)")
-    c.add_argument("--workers", type=positive_int, default=2, help="CPUs of the embedded Ray engine: stacks of runs trained at a time, "
-                   "one CPU thread each (with --address: the cluster's CPUs)")
-    c.add_argument("--no-stack", action="store_true", help="one engine job per run, as before stacking (default: "
-                    "runs of one shape train as one stacked model)")
-    c.add_argument("--address", default=None, help="join a Ray cluster: auto (the one `ray start` made here), "
-                   "host:port or ray://host:10001; --out must then be on storage every node shares (default: "
-                   "an embedded Ray of --workers CPUs on this machine)")
+    _engine_args(c, "stacks of runs trained at a time")
     c.set_defaults(fn=_cmd_clamp_sweep)
 
     ds = sub.add_parser("data-sweep", help="phase-change time against a data property")
@@ -343,13 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--seeds", type=seed_list, default="0,1", help="comma-separated distinct seeds (integers >= 0)")
     ds.add_argument("--sequences", type=positive_count, default=None, help="training sequences per run, e.g. 6e5 "
                     "(default: the config's train.sequences)")
-    ds.add_argument("--workers", type=positive_int, default=2, help="CPUs of the embedded Ray engine: stacks of runs trained at a time, "
-                   "one CPU thread each (with --address: the cluster's CPUs)")
-    ds.add_argument("--no-stack", action="store_true", help="one engine job per run, as before stacking (default: "
-                    "runs of one shape train as one stacked model)")
-    ds.add_argument("--address", default=None, help="join a Ray cluster: auto (the one `ray start` made here), "
-                   "host:port or ray://host:10001; --out must then be on storage every node shares (default: "
-                   "an embedded Ray of --workers CPUs on this machine)")
+    _engine_args(ds, "stacks of runs trained at a time")
     ds.set_defaults(fn=_cmd_data_sweep)
 
     lb = sub.add_parser("lab", help="the whole lab study (Singh et al.): reference run, clamp sweep, labels and "
@@ -370,12 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--additivity-n", type=positive_int, default=2048, help="sequences per additivity measurement")
     lb.add_argument("--how", type=choice("zero", "mean"), default="zero", help="additivity: ablation of the "
                     "inactive heads, zero or mean")
-    lb.add_argument("--workers", type=positive_int, default=2, help="CPUs of the embedded Ray engine shared by every "
-                    "part, one CPU thread per stack (with --address: the cluster's CPUs)")
-    lb.add_argument("--no-stack", action="store_true", help="one engine job per run (default: runs of one shape "
-                    "train as one stacked model)")
-    lb.add_argument("--address", default=None, help="join a Ray cluster: auto, host:port or ray://host:10001; --out "
-                    "must then be on storage every node shares (default: an embedded Ray of --workers CPUs)")
+    _engine_args(lb, "shared by every part")
     lb.set_defaults(fn=_cmd_lab)
 
     sc = sub.add_parser("scores", help="induction, previous-token, duplicate-token and FV score of every head")
@@ -531,6 +514,17 @@ def _measure_list(text: str) -> list[str]:
     if bad:
         raise argparse.ArgumentTypeError(f"{bad[0]!r} is not a measure; choose from {', '.join(MEASURES)}")
     return items
+
+
+def _engine_args(p: argparse.ArgumentParser, workers: str) -> None:
+    """--workers, --no-stack and --address of the training-lab commands whose stacks run on the engine."""
+    p.add_argument("--workers", type=positive_int, default=2, help=f"CPUs of the embedded Ray engine ({workers}), "
+                   "one CPU thread per stack (with --address: the cluster's CPUs)")
+    p.add_argument("--no-stack", action="store_true", help="one engine job per run (default: runs of one shape "
+                   "train as one stacked model)")
+    p.add_argument("--address", default=None, help="join a Ray cluster: auto (the one `ray start` made here), "
+                   "host:port or ray://host:10001; --out must then be on storage every node shares (default: "
+                   "an embedded Ray of --workers CPUs on this machine)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
