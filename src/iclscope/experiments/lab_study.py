@@ -37,8 +37,8 @@ from ..errors import IclscopeError
 from ..report import Finding, ResultsDir, run_metadata, write_report
 from ..report.html import human_seconds
 from ..report.results import FINISHED
-from .lab import (CONDITION_TEXT, CONDITIONS, SweepFailed, base_config, run_curves, SweepEngine, run_finished, phase_rows,
-                  additivity, clamp_sweep, data_sweep, t_interval, train_stack)
+from .lab import (CONDITION_TEXT, CONDITIONS, SweepEngine, SweepFailed, additivity, base_config, clamp_sweep,
+                  data_sweep, phase_rows, run_curves, run_finished, t_interval, train_stack)
 
 PARTS = ("reference", "clamp-sweep", "labels", "classes", "additivity")
 DEFAULT_LABELS = (5, 10, 15)     # the study's labels sweep: phase change at ~0.25M / ~0.8M / ~1.2M sequences
