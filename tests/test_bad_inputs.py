@@ -317,6 +317,9 @@ case("lab-conditions-unknown", "lab --conditions none,zap --out new", r"--condit
 case("lab-how-unknown", "lab --how maybe --out new", r"--how")
 case("lab-config-bad-key", "lab cfg.toml --out new --sequences 64", r"model\.n_layers",
      {"cfg.toml": config(model__n_layers=0)})
+case("lab-address-malformed", "lab --out new --address 'not an address'", r"--address")
+case("clamp-sweep-address-no-port", "clamp-sweep --out new --address myhost", r"--address")
+case("study-address-malformed", "study s.toml --out new --address ray:/x:1", r"--address")
 case("lab-out-foreign", "lab cfg.toml --out foreign --sequences 64 --seeds 0", r"foreign", {"cfg.toml": config()})
 
 # --- data-sweep ----------------------------------------------------------------------------------------

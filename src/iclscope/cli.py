@@ -59,6 +59,18 @@ def condition_list(text: str) -> list[str]:
     return names
 
 
+_ADDRESS = re.compile(r"(ray://)?[A-Za-z0-9_.\-]+:[0-9]{1,5}")
+
+
+def ray_address(text: str) -> str:
+    """A Ray cluster address: auto, host:port or ray://host:port (checked for form before any work; whether
+    the cluster answers is known only when the engine starts)."""
+    t = str(text).strip()
+    if t == "auto" or _ADDRESS.fullmatch(t):
+        return t
+    raise argparse.ArgumentTypeError(f"{text!r}: expected auto, host:port or ray://host:port (e.g. 10.0.0.5:6379)")
+
+
 def int_list(text: str) -> list[int]:
     """Comma-separated distinct whole numbers >= 2 ("5,10,15"): the values of a labels or classes sweep."""
     out = []
@@ -443,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("study", metavar="STUDY.toml", help="the study file (see docs/study.md)")
     st.add_argument("--out", required=True, help="the study folder: one folder per job, study.json and report.html "
                     "(on a cluster: on storage every node shares)")
-    st.add_argument("--address", default=None, help="join a Ray cluster: auto (the one `ray start` made here), "
+    st.add_argument("--address", type=ray_address, default=None, help="join a Ray cluster: auto (the one `ray start` made here), "
                     "host:port or ray://host:10001 (default: an embedded Ray on this machine)")
     st.add_argument("--num-cpus", type=positive_int, default=None, help="CPUs of the embedded Ray (default: all)")
     st.add_argument("--num-gpus", type=nonnegative_int, default=None, help="GPUs of the embedded Ray (default: all)")
@@ -522,7 +534,7 @@ def _engine_args(p: argparse.ArgumentParser, workers: str) -> None:
                    "one CPU thread per stack (with --address: the cluster's CPUs)")
     p.add_argument("--no-stack", action="store_true", help="one engine job per run (default: runs of one shape "
                    "train as one stacked model)")
-    p.add_argument("--address", default=None, help="join a Ray cluster: auto (the one `ray start` made here), "
+    p.add_argument("--address", type=ray_address, default=None, help="join a Ray cluster: auto (the one `ray start` made here), "
                    "host:port or ray://host:10001; --out must then be on storage every node shares (default: "
                    "an embedded Ray of --workers CPUs on this machine)")
 
