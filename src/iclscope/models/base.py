@@ -89,6 +89,7 @@ class Model:
     vocab_size: int
     n_ctx: int | None = None  # longest sequence the model takes (None: not known)
     supports_padding: bool = True  # whether left-padded batches (an attention_mask with zeros) are allowed
+    native_final_only: bool = False  # whether _forward takes final_only (else run slices the full logits)
     tokenizer: Any = None
     bos_token_id: int | None = None
     module: torch.nn.Module
@@ -163,7 +164,7 @@ class Model:
 
     def run(self, inputs: Any = None, interventions: Sequence = (), record: Sequence[str] | None = None,
             layers: Iterable[int] | None = None, positions=None, grad: bool = False,
-            prefix: "PrefixRows | None" = None) -> tuple[torch.Tensor, Cache]:
+            prefix: "PrefixRows | None" = None, final_only: bool = False) -> tuple[torch.Tensor, Cache]:
         """One forward pass under the active interventions plus ``interventions``, recording activations.
 
         inputs: token ids (B, T) int64; a string or a list of strings (tokenised with the model's tokenizer,
@@ -177,11 +178,15 @@ class Model:
         grad: keep recorded tensors attached to the graph (for attribution methods); default detached.
         prefix: a ``PrefixRows`` view (see ``run_last_token``): run only the final token of each row
             against that cached prefix.
+        final_only: return the final position's logits only, (B, 1, vocab) (a training loss on the last
+            token); a family that can skip work for the other positions does (the tiny model's last block,
+            when none of its hooks after resid_pre is live), the others slice. Hooks and recorders see what
+            they see without it.
         Returns (logits (B, T, vocab), Cache).
         """
         if _is_text(inputs):
             inputs = self.tokenize(inputs)
-        return self._run(inputs, interventions, record, layers, positions, grad, prefix)
+        return self._run(inputs, interventions, record, layers, positions, grad, prefix, final_only=final_only)
 
     def tokenize(self, text: "str | Sequence[str]") -> dict:
         """Token inputs for ``run`` from a string or a list of strings, with the model's tokenizer.
@@ -216,7 +221,7 @@ class Model:
         return {"tokens": tokens.to(self.device), "attention_mask": mask.to(self.device)}
 
     def _run(self, inputs, interventions=(), record=None, layers=None, positions=None, grad=False, prefix=None,
-             kv_out: dict | None = None) -> tuple[torch.Tensor, Cache]:
+             kv_out: dict | None = None, final_only: bool = False) -> tuple[torch.Tensor, Cache]:
         """``run``, plus ``kv_out``: a dict the main pass fills with every layer's keys/values (prefix_cache)."""
         if prefix is not None and inputs is None:
             inputs = {k: prefix.select(v) for k, v in prefix.cache.last.items()}
@@ -244,7 +249,11 @@ class Model:
                     plan.head_layers.add(layer)
         self.hooks.set(plan.ops, ctx, plan.head_layers)
         try:
-            logits = self._forward(inputs, prefix=prefix, kv_out=kv_out)
+            if final_only and self.native_final_only:
+                logits = self._forward(inputs, prefix=prefix, kv_out=kv_out, final_only=True)
+            else:
+                logits = self._forward(inputs, prefix=prefix, kv_out=kv_out)
+                logits = logits[:, -1:] if final_only else logits
         finally:
             self.hooks.clear()
         return logits, cache

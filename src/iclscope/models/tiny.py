@@ -172,7 +172,7 @@ def small_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return hooks(names["z"], z) if hooked("z") else z
 
 
-def _shared_columns(vector_mask: torch.Tensor) -> torch.Tensor | None:
+def shared_columns(vector_mask: torch.Tensor) -> torch.Tensor | None:
     """The positions (n,) int64 that hold a vector in every row, when every row of ``vector_mask`` (B, T)
     bool is the same (few-shot sequences: exemplars and query at fixed positions); None otherwise."""
     first = vector_mask[0]
@@ -194,11 +194,14 @@ class Block(nn.Module):
             self.mlp_in, self.mlp_out = Linear(R, cfg.d_model, cfg.d_mlp), Linear(R, cfg.d_mlp, cfg.d_model)
         self.names = layer_names(layer)
 
-    def forward(self, x: torch.Tensor, rope, mask: torch.Tensor, past=None, kv_out=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope, mask: torch.Tensor, past=None, kv_out=None,
+                final_only: bool = False) -> torch.Tensor:
         """x (R*B, T, d_model) -> (R*B, T, d_model); rope: (cos, sin) or None; mask (T, P+T) additive causal.
 
         past: (keys, values) (R*B, P, H, D) of P earlier positions (after rotary, before the k/v hooks);
-        kv_out: a dict that receives this layer's (keys, values) likewise."""
+        kv_out: a dict that receives this layer's (keys, values) likewise. final_only: the output at the
+        final position only, (R*B, 1, d_model): keys and values at every position, the query, attention,
+        output and MLP at the last one (the caller makes sure no hook after resid_pre is live here)."""
         h, n, H, D = self.hooks, self.names, self.H, self.D
         RB, T, d = x.shape
         R = self.qkv.weight.shape[0]
@@ -210,6 +213,8 @@ class Block(nn.Module):
             q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]
         else:
             q, k, v = qkv.unbind(2)  # each (R*B, T, H, D)
+        if final_only:
+            return self._final(x[:, -1:], q[:, -1:], k, v, mask[-1:], past)
         if kv_out is not None:
             kv_out[self.layer] = (k, v)
         if past is not None:
@@ -240,6 +245,24 @@ class Block(nn.Module):
             m = h(n["mlp_in"], m.view(RB, T, d)).view(R, -1, d)
             x = x + h(n["mlp_out"], self.mlp_out(F.gelu(self.mlp_in(m))).view(RB, T, d))
         return h(n["resid_post"], x)
+
+    def _final(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+               past) -> torch.Tensor:
+        """The rest of ``forward`` for the final position alone, without hooks: x and q (R*B, 1, ...), k and
+        v (R*B, T, H, D) of this pass, mask (1, P+T) -> (R*B, 1, d_model)."""
+        RB, d = x.shape[0], x.shape[-1]
+        R = self.qkv.weight.shape[0]
+        if past is not None:
+            k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)
+        if k.shape[1] <= SMALL_T:
+            z = small_attention(q, k, v, mask)
+        else:  # one query that sees every key: no causal mask
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        x = x + self.out(z.reshape(R, -1, d)).view(RB, 1, d)
+        if self.cfg.d_mlp:
+            m = self.ln2(x.view(R, -1, d)) if self.ln2 is not None else x.view(R, -1, d)
+            x = x + self.mlp_out(F.gelu(self.mlp_in(m))).view(RB, 1, d)
+        return x
 
     def reset(self, r: int) -> None:
         for mod in self.children():
@@ -327,9 +350,15 @@ class TinyTransformer(nn.Module):
         self.unembed.reset(r, v)
 
     def forward(self, tokens: torch.Tensor, vectors: torch.Tensor | None = None,
-                vector_mask: torch.Tensor | None = None, past=None, kv_out=None) -> torch.Tensor:
+                vector_mask: torch.Tensor | None = None, past=None, kv_out=None, final_only: bool = False,
+                vector_cols: torch.Tensor | None = None) -> torch.Tensor:
         """past: per-layer (keys, values) (R*B, P, H, D) of P earlier positions (tokens then sit at positions
-        P..P+T-1); kv_out: a dict that receives every layer's (keys, values)."""
+        P..P+T-1); kv_out: a dict that receives every layer's (keys, values). final_only: logits of the
+        final position only, (R*B, 1, vocab); the last block then computes its query, attention and output
+        there alone, unless a hook of that block (after resid_pre) or ln_final is live or kv_out is asked
+        for (then the whole pass runs and is sliced: the same numbers). vector_cols: the positions (n,) that
+        hold a vector in every row when the caller knows them (``shared_columns``; skips that check, so
+        the pass has no data-dependent branch and compiles whole)."""
         R, cfg = self.R, self.cfg
         RB, T = tokens.shape
         P = 0 if past is None else past[0][0].shape[1]
@@ -344,7 +373,7 @@ class TinyTransformer(nn.Module):
                 raise IclscopeError("this model takes no vector inputs (d_input=0)")
             if vectors.shape[-1] != cfg.d_input:
                 raise IclscopeError(f"input vectors have size {vectors.shape[-1]}, the model expects {cfg.d_input}")
-            cols = _shared_columns(vector_mask)
+            cols = shared_columns(vector_mask) if vector_cols is None else vector_cols
             if cols is not None:  # the same vector positions in every row: embed only those
                 xv = self.embed_input(vectors[:, cols].reshape(R, -1, cfg.d_input)).view(RB, len(cols), -1)
                 x = x.index_copy(1, cols, xv)
@@ -356,15 +385,27 @@ class TinyTransformer(nn.Module):
         rope = (self.rope_cos[P:P + T], self.rope_sin[P:P + T]) if cfg.positions == "rotary" else None
         mask = self.causal_mask[P:P + T, :P + T]
         x = self.hooks(EMBED, x)
+        short = final_only and kv_out is None and self._final_unhooked()
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, None if past is None else past[i], kv_out)
+            x = block(x, rope, mask, None if past is None else past[i], kv_out, final_only=short and i == last)
+        Tx = x.shape[1]
         x = x.view(R, -1, cfg.d_model)
         if self.ln_f is not None:
-            x = self.hooks(LN_FINAL, self.ln_f(x).view(RB, T, -1)).view(R, -1, cfg.d_model)
-        logits = self.unembed(x)  # (R, B*T, V)
+            x = self.hooks(LN_FINAL, self.ln_f(x).view(RB, Tx, -1)).view(R, -1, cfg.d_model)
+        logits = self.unembed(x)  # (R, B*Tx, V)
         if self.vocab_mask is not None:  # padded vocabulary entries of each member: -inf
             logits = logits + self.vocab_mask
-        return logits.view(RB, T, -1)
+        logits = logits.view(RB, Tx, -1)
+        return logits[:, -1:] if final_only and Tx > 1 else logits
+
+    def _final_unhooked(self) -> bool:
+        """Whether nothing is registered at the last block's sites after resid_pre nor at ln_final (the
+        final-position shortcut of ``forward`` may then skip the other positions there)."""
+        names = self.blocks[-1].names
+        ops = self.hooks.ops
+        return not ops.get(LN_FINAL) and not self.hooks.layer_active(len(self.blocks) - 1) and \
+            not any(ops.get(name) for site, name in names.items() if site != "resid_pre")
 
 
 class TinyModel(Model):
@@ -390,7 +431,9 @@ class TinyModel(Model):
         self.d_model, self.d_head, self.vocab_size = c.d_model, c.d_model // c.n_heads, c.vocab_size
         self.n_ctx = c.n_ctx
 
-    def _forward(self, inputs: dict, prefix=None, kv_out=None):
+    native_final_only = True
+
+    def _forward(self, inputs: dict, prefix=None, kv_out=None, final_only: bool = False):
         extra = sorted(set(inputs) - {"tokens", "vectors", "vector_mask", "attention_mask"})
         if extra:
             raise IclscopeError(f"the tiny model takes tokens, vectors, vector_mask and attention_mask, not {extra}")
@@ -401,7 +444,7 @@ class TinyModel(Model):
                                 "(an attention_mask with zeros was given)")
         if prefix is None:
             if kv_out is None:
-                return self.module(tokens, vectors, vector_mask)
+                return self.module(tokens, vectors, vector_mask, final_only=final_only)
             kv: dict = {}  # prefix_cache: every layer's keys/values (R*B, T, H, D), minus the final position
             logits = self.module(tokens, vectors, vector_mask, kv_out=kv)
             kv_out.update({i: (k[:, :-1], v[:, :-1]) for i, (k, v) in kv.items()})
@@ -413,7 +456,7 @@ class TinyModel(Model):
                 raise IclscopeError("run_last_token on an ensemble: rows must list member 0's prompts, then "
                                     "member 1's, ..., the same number for each member")
         past = [prefix.kv(i) for i in range(self.cfg.n_layers)]
-        return self.module(tokens, vectors, vector_mask, past=past)
+        return self.module(tokens, vectors, vector_mask, past=past, final_only=final_only)
 
     def missing_sites(self) -> dict[str, str]:
         out = {}

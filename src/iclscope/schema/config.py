@@ -228,6 +228,15 @@ class TrainSection(_Section):
     seeds: list = Field(default_factory=lambda: [5], description="a non-empty list of distinct seeds "
                         "(integers >= 0), or one such integer")
     threads: int = _int(2, ge=1)
+    compile: Any = Field("auto", description='"auto" (compile the training step of a run without clamps '
+                         'of at least 2000 steps), true or false')
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, v):
+        if v == "auto" or isinstance(v, bool):
+            return v
+        raise ValueError("not auto, true or false")
 
     @field_validator("betas", mode="before")
     @classmethod

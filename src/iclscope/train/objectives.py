@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..data.mixture import BOS, CONDITIONS as MIXTURE_CONDITIONS, SEP, WORD_OFFSET, MixtureConfig, MixtureData
 from ..data.synthetic import SPLITS, FewShotConfig, FewShotData, repeated_random_tokens
+from ..models.tiny import shared_columns
 from ..readout import answer_correct, answer_loss, induction_strength, per_member_mean
 
 EVAL_SEED = 10_007  # the generator of every evaluation set: the same sets at every evaluation and run
@@ -93,6 +94,17 @@ class Objective:
         ``clamps``: the run's ``Clamps`` (its batch-built ones apply here; the static ones are the caller's)."""
         raise NotImplementedError
 
+    def plain_inputs(self, batch) -> tuple | None:
+        """The tensors ``plain_loss`` takes for ``batch``, or None when this batch needs the full path.
+        None here: the objective has no hook-free loss (the trainer then never compiles)."""
+        return None
+
+    def plain_loss(self, module, *inputs) -> torch.Tensor:
+        """(R,) the training loss of ``loss`` without clamps, computed on the torch module directly: no
+        interventions, no Python between ops, so that ``torch.compile`` takes it as one graph (the trainer's
+        compiled step, ``train.compile``). The same numbers as ``loss(model, batch)`` up to float rounding."""
+        raise NotImplementedError
+
     def build_eval_sets(self, n: int, induction_len: int, g: torch.Generator) -> None:
         """The fixed evaluation batches (n sequences each, tiled over members) and the repeated random
         sequences (``rep_inputs``, ``rep_ids``) of the previous-token and induction head scores."""
@@ -153,8 +165,16 @@ class FewShotObjective(Objective):
         return self.data.sample(batch_size, "train", generator)
 
     def loss(self, model, batch, clamps=None):
-        logits = model.run(batch, interventions=clamps.for_batch(batch) if clamps else [])[0][:, -1]
+        logits = model.run(batch, interventions=clamps.for_batch(batch) if clamps else [], final_only=True)[0][:, -1]
         return per_member_mean(answer_loss(logits, batch.target), self.R)
+
+    def plain_inputs(self, batch):
+        cols = shared_columns(batch.vector_mask)  # the exemplar positions (the same in every row)
+        return None if cols is None else (batch.tokens, batch.vectors, cols, batch.target)
+
+    def plain_loss(self, module, tokens, vectors, cols, target):
+        logits = module(tokens, vectors, final_only=True, vector_cols=cols)[:, -1]
+        return per_member_mean(answer_loss(logits, target), self.R)
 
     def build_eval_sets(self, n, induction_len, g):
         self.eval_sets = {s: tile(self.data.sample(n, s, g), self.R) for s in SPLITS}
@@ -167,7 +187,8 @@ class FewShotObjective(Objective):
         for split, batch in self.eval_sets.items():
             extra = clamps.for_batch(batch) if clamps else []
             # patterns feed the induction-strength and task previous-token measures: train split only
-            logits, cache = model.run(batch, interventions=extra, record=["pattern"] if split == "train" else None)
+            logits, cache = model.run(batch, interventions=extra, record=["pattern"] if split == "train" else None,
+                                      final_only=split != "train")
             q = logits[:, -1].float()
             loss = per_member_mean(answer_loss(q, batch.target), R)
             acc = per_member_mean(answer_correct(q, batch.target).float(), R)
@@ -220,10 +241,18 @@ class MixtureObjective(Objective):
 
     def loss(self, model, batch, clamps=None):
         """(R,) masked next-token cross-entropy of a TokenBatch (at the positions of ``batch.loss_mask``)."""
-        logits = model.run({"tokens": batch.tokens})[0]  # (R*B, T, V)
-        ce = F.cross_entropy(logits.float().transpose(1, 2), batch.masked_targets(), ignore_index=-1,
-                             reduction="none")  # (R*B, T)
-        mask = batch.loss_mask.float()
+        return self._masked_loss(model.run({"tokens": batch.tokens})[0], batch.masked_targets(), batch.loss_mask)
+
+    def plain_inputs(self, batch):
+        return batch.tokens, batch.masked_targets(), batch.loss_mask
+
+    def plain_loss(self, module, tokens, targets, loss_mask):
+        return self._masked_loss(module(tokens), targets, loss_mask)
+
+    def _masked_loss(self, logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        """logits (R*B, T, V), targets (R*B, T) (-1: no loss), loss_mask (R*B, T) -> (R,)."""
+        ce = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-1, reduction="none")  # (R*B, T)
+        mask = loss_mask.float()
         return (ce * mask).view(self.R, -1).sum(1) / mask.view(self.R, -1).sum(1).clamp(min=1)
 
     def build_eval_sets(self, n, induction_len, g):
@@ -239,7 +268,7 @@ class MixtureObjective(Objective):
         for r in range(R):
             out[r]["train_eval_loss"] = float(tl[r])
         for cond, batch in self.eval_sets.items():
-            q = model.run({"tokens": batch.tokens})[0][:, -1].float()
+            q = model.run({"tokens": batch.tokens}, final_only=True)[0][:, -1].float()
             loss = per_member_mean(answer_loss(q, batch.answer), R)
             acc = per_member_mean(answer_correct(q, batch.answer).float(), R)
             copied = per_member_mean(answer_correct(q, batch.alt_target).float(), R)
