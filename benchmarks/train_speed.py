@@ -1,8 +1,8 @@
 """Training-lab speed: the reference run, the cost of each clamp, stacked against unstacked training,
 and the default clamp sweep stacked and unstacked side by side.
 
-    .venv/bin/python benchmarks/train_speed.py [--parts run,data,clamps,stack,sweep] [--out DIR]
-                                               [--sweep-sequences 6e5] [--threads 2]
+    .venv/bin/python benchmarks/train_speed.py [--parts run,data,clamps,stack,sweep,lab] [--out DIR]
+                                               [--sweep-sequences 6e5] [--threads 2] [--unstacked]
 
 Before / after a change, side by side: run the same parts with PYTHONPATH pointing at each tree's src/
 (e.g. a `git worktree` of the older commit), one after the other.
@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 
 from iclscope.experiments.lab import CONDITIONS, clamp_sweep
+from iclscope.experiments.lab_study import lab_study
 from iclscope.train import Trainer, load_config
 
 CLAMPS = {
@@ -69,9 +73,10 @@ def _rate(t: Trainer, steps: int, repeats: int) -> float:
     return best
 
 
-def step_rate(clamps: list, steps: int = 1500, repeats: int = 3, threads: int = 2) -> float:
-    """Training steps per second of the reference configuration under ``clamps`` (best of repeats)."""
-    cfg = load_config(None, [f"train.threads={threads}"])
+def step_rate(clamps: list, steps: int = 1500, repeats: int = 3, threads: int = 2, compile: bool = False) -> float:
+    """Training steps per second of the reference configuration under ``clamps`` (best of repeats);
+    ``compile``: through the compiled step (no clamps only; its compile happens in the warm-up)."""
+    cfg = load_config(None, [f"train.threads={threads}", f"train.compile={str(compile).lower()}"])
     cfg["clamp"] = clamps
     return _rate(Trainer(cfg, tempfile.mkdtemp(), progress=False, log=lambda *a: None), steps, repeats)
 
@@ -83,7 +88,7 @@ def stack_step_rate(n_runs: int, seeds: int = 3, steps: int = 300, repeats: int 
     jobs = []
     root = Path(tempfile.mkdtemp())
     for i in range(n_runs):
-        cfg = load_config(None, ["train.threads=1"])
+        cfg = load_config(None, ["train.threads=1", "train.compile=false"])
         cfg["clamp"] = CONDITIONS[names[i % 2]]
         cfg["train"]["seeds"] = list(range(seeds))
         jobs.append((cfg, root / f"run{i}"))
@@ -96,22 +101,36 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--sweep-sequences", type=float, default=6e5, help="sequences per run of the clamp sweep")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the single-run step rates (clamps)")
+    ap.add_argument("--unstacked", action="store_true", help="sweep: also run it unstacked, side by side")
     args = ap.parse_args()
     parts = args.parts.split(",")
     out = Path(args.out or tempfile.mkdtemp(prefix="iclscope-bench-"))
     rows = []
     print(f"# training-lab speed, {datetime.date.today()}, {machine()}\n")
     if "run" in parts:
-        d = out / "reference"
-        shutil.rmtree(d, ignore_errors=True)
-        t0 = time.perf_counter()
-        [s] = Trainer(load_config(), d, progress=False, log=lambda *a: None).train()
-        wall = time.perf_counter() - t0
-        pc = s["phase_change"]
-        rows.append(("reference run, 31,250 steps (1e6 sequences), evaluations every 250 steps included",
-                     f"{wall:.1f} s ({31250 / wall:.0f} steps/s), load {load()}"))
-        rows.append(("  its phase change / final train loss",
-                     f"{pc['sequences']:,} sequences / {s['final']['train_loss']:.4f}" if pc else "none"))
+        # each run its own process; the compiled step once with an empty compile cache (its compile counted
+        # whole) and once with the cache that run left (what every later run of this shape pays)
+        cache = Path(tempfile.mkdtemp(prefix="inductor-cache-"))
+        walls = {}
+        for name, mode, env in (("eager steps (train.compile=false)", "false", {}),
+                                ("compiled step, empty compile cache", "true", {"TORCHINDUCTOR_CACHE_DIR": str(cache)}),
+                                ("compiled step, warm compile cache (the default)", "auto",
+                                 {"TORCHINDUCTOR_CACHE_DIR": str(cache)})):
+            d = out / f"reference-{mode}"
+            shutil.rmtree(d, ignore_errors=True)
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "iclscope", "train", "--out", str(d), "--set",
+                            f"train.compile={mode}"], check=True, env={**os.environ, **env},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            walls[mode] = wall = time.perf_counter() - t0
+            s = json.loads((d / "summary.json").read_text())
+            pc = s["phase_change"]
+            rows.append((f"reference run, 31,250 steps (1e6 sequences), 125 evaluations, {name}",
+                         f"{wall:.1f} s incl. start-up ({31250 / wall:.0f} steps/s), load {load()}"))
+            rows.append(("  its phase change / final train loss",
+                         f"{pc['sequences']:,} sequences / {s['final']['train_loss']:.4f}" if pc else "none"))
+        rows.append(("  eager / compiled (warm cache)", f"{walls['false'] / walls['auto']:.2f}x"))
+        shutil.rmtree(cache, ignore_errors=True)
     if "data" in parts:
         from iclscope.data.mixture import MixtureData
         from iclscope.data.synthetic import FewShotConfig, FewShotData
@@ -126,9 +145,12 @@ def main() -> None:
             for _ in range(500):
                 sample(*args)
             rows.append((f"data: one {name}", f"{(time.perf_counter() - t0) / 500 * 1e3:.2f} ms"))
-    if "clamps" in parts:
-        base = step_rate([], threads=args.threads)
-        rows.append((f"training step, no clamp ({args.threads} threads)", f"{base:.0f} steps/s, load {load()}"))
+    if "clamps" in parts:  # clamped steps are eager: their cost is against the eager unclamped step
+        base = step_rate([], threads=args.threads, compile=False)
+        rows.append((f"training step, no clamp, eager ({args.threads} threads)", f"{base:.0f} steps/s, load {load()}"))
+        fast = step_rate([], threads=args.threads, compile=True)
+        rows.append((f"training step, no clamp, compiled ({args.threads} threads)",
+                     f"{fast:.0f} steps/s ({base / fast:.2f}x less time than eager), load {load()}"))
         for name, clamps in CLAMPS.items():
             if name == "none":
                 continue
@@ -145,7 +167,7 @@ def main() -> None:
     if "sweep" in parts:
         n = int(args.sweep_sequences)
         walls = {}
-        for stack in (True, False):
+        for stack in (True, False) if args.unstacked else (True,):
             d = out / f"sweep-{'stacked' if stack else 'unstacked'}"
             shutil.rmtree(d, ignore_errors=True)
             t0 = time.perf_counter()
@@ -153,7 +175,15 @@ def main() -> None:
             walls[stack] = time.perf_counter() - t0
             rows.append((f"default clamp sweep, {'stacked' if stack else 'unstacked (one process per condition)'}: "
                          f"6 conditions x 3 seeds x {n:.0e} sequences", f"{walls[stack]:.0f} s, load {load()}"))
-        rows.append(("  unstacked / stacked", f"{walls[False] / walls[True]:.1f}x"))
+        if args.unstacked:
+            rows.append(("  unstacked / stacked", f"{walls[False] / walls[True]:.1f}x"))
+    if "lab" in parts:  # the whole second study at its default size, one command
+        d = out / "lab"
+        shutil.rmtree(d, ignore_errors=True)
+        t0 = time.perf_counter()
+        lab_study(out=d, log=lambda *a: None)
+        rows.append(("`iclscope lab` (reference run, clamp sweep, labels 5/10/15, classes 50/200, additivity; "
+                     "3 seeds, 6e5 sequences each)", f"{time.perf_counter() - t0:.0f} s, load {load()}"))
     print("| measure | result |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v} |")

@@ -238,6 +238,7 @@ config_case("train-sequences-fraction", r"train\.sequences", config(train__seque
 config_case("train-seeds-empty", r"train\.seeds", config(train__seeds=[]))
 config_case("train-seeds-repeated", r"train\.seeds", config(train__seeds=[1, 1]))
 config_case("train-threads-zero", r"train\.threads", config(train__threads=0))
+config_case("train-compile-word", r"train\.compile", config(train__compile="yes"))
 
 config_case("eval-unknown-key", r"eval\.evry", config(eval__evry=10))
 config_case("eval-every-zero", r"eval\.every", config(eval__every=0))

@@ -9,10 +9,11 @@ from iclscope.data.synthetic import SPLITS
 from iclscope.train import FewShotObjective, MixtureObjective, Trainer, load_config
 
 FEWSHOT = ["train.batch_size=8", "eval.batch=16", "data.dim=32", "model.d_model=32", "model.n_heads=4",
-           "train.threads=1", "train.seeds=[3, 4]", "eval.induction_len=4"]
+           "train.threads=1", "train.seeds=[3, 4]", "eval.induction_len=4",
+           "train.compile=false"]
 TESTBED = ["train.batch_size=8", "eval.batch=16", "model.n_layers=2", "model.n_heads=2", "model.d_mlp=32",
            "model.d_model=32", "data.n_words=16", "data.k=4", "eval.induction_len=4", "train.threads=1",
-           "train.seeds=[3, 4]"]
+           "train.seeds=[3, 4]", "train.compile=false"]
 
 
 def _member_rows(x, r, B):
