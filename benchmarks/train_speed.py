@@ -1,7 +1,7 @@
 """Training-lab speed: the reference run, the cost of each clamp, stacked against unstacked training,
 and the default clamp sweep stacked and unstacked side by side.
 
-    .venv/bin/python benchmarks/train_speed.py [--parts run,data,clamps,stack,sweep,lab] [--out DIR]
+    .venv/bin/python benchmarks/train_speed.py [--parts run,data,clamps,breakdown,stack,sweep,lab] [--out DIR]
                                                [--sweep-sequences 6e5] [--threads 2] [--unstacked]
 
 Before / after a change, side by side: run the same parts with PYTHONPATH pointing at each tree's src/
@@ -81,6 +81,43 @@ def step_rate(clamps: list, steps: int = 1500, repeats: int = 3, threads: int = 
     return _rate(Trainer(cfg, tempfile.mkdtemp(), progress=False, log=lambda *a: None), steps, repeats)
 
 
+def step_breakdown(compile: bool, steps: int = 2000) -> dict:
+    """Milliseconds per step of the reference configuration (1 thread, no clamp) in each part of the
+    trainer's loop, and of one evaluation (the mean of 10)."""
+    cfg = load_config(None, ["train.threads=1", f"train.compile={str(compile).lower()}"])
+    t = Trainer(cfg, tempfile.mkdtemp(), progress=False, log=lambda *a: None)
+    params = list(t.model.module.parameters())
+    acc = dict.fromkeys(("sample", "forward", "backward", "adam", "checks"), 0.0)
+    with t.model.intervene(t.clamps.static):
+        for i in range(steps + 100):
+            t0 = time.perf_counter()
+            b = t.sample()
+            t1 = time.perf_counter()
+            losses = t.loss(b)
+            t2 = time.perf_counter()
+            t.opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            t3 = time.perf_counter()
+            t.step_optimizer(params)
+            t4 = time.perf_counter()
+            bool(torch.isfinite(losses).all())
+            bool(torch.isfinite(torch.stack([p.detach().sum() for p in params])).all())
+            t5 = time.perf_counter()
+            if i >= 100:  # after the warm-up (and the compile)
+                for k, a, z in (("sample", t0, t1), ("forward", t1, t2), ("backward", t2, t3), ("adam", t3, t4),
+                                ("checks", t4, t5)):
+                    acc[k] += z - a
+        t0 = time.perf_counter()
+        for _ in range(10):
+            t.evaluate()
+        ev = (time.perf_counter() - t0) / 10
+    t.close()
+    out = {k: v / steps * 1e3 for k, v in acc.items()}
+    out["total"] = sum(out.values())
+    out["eval"] = ev * 1e3
+    return out
+
+
 def stack_step_rate(n_runs: int, seeds: int = 3, steps: int = 300, repeats: int = 2) -> float:
     """Training steps per second of ``n_runs`` runs of ``seeds`` seeds each (the clamp sweep's first-stage
     conditions, cycled: no Graft, which needs a trained source) stacked into one model."""
@@ -150,13 +187,20 @@ def main() -> None:
         rows.append((f"training step, no clamp, eager ({args.threads} threads)", f"{base:.0f} steps/s, load {load()}"))
         fast = step_rate([], threads=args.threads, compile=True)
         rows.append((f"training step, no clamp, compiled ({args.threads} threads)",
-                     f"{fast:.0f} steps/s ({base / fast:.2f}x less time than eager), load {load()}"))
+                     f"{fast:.0f} steps/s ({fast / base:.2f}x the eager rate), load {load()}"))
         for name, clamps in CLAMPS.items():
             if name == "none":
                 continue
             r = step_rate(clamps, threads=args.threads)
             rows.append((f"training step, clamp: {name}",
                          f"{r:.0f} steps/s ({(base / r - 1) * 100:+.0f} % time), load {load()}"))
+    if "breakdown" in parts:  # where a step of the reference run goes, eager and compiled (1 thread)
+        for mode in (False, True):
+            ms = step_breakdown(compile=mode)
+            rows.append((f"one step, {'compiled' if mode else 'eager'} (1 thread): sample / loss forward / "
+                         "backward / Adam / finiteness checks = total; one evaluation",
+                         " / ".join(f"{ms[k]:.2f}" for k in ("sample", "forward", "backward", "adam", "checks"))
+                         + f" = {ms['total']:.2f} ms; {ms['eval']:.0f} ms, load {load()}"))
     if "stack" in parts:
         one = stack_step_rate(1, seeds=1)
         rows.append(("training step, 1 run of 1 seed (threads=1)", f"{one:.0f} steps/s, load {load()}"))
