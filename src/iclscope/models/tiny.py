@@ -413,6 +413,7 @@ class TinyModel(Model):
 
     family = "tiny"
     supports_padding = False
+    native_final_only = True  # the last block can compute the final position alone (``run(final_only=True)``)
 
     def __init__(self, cfg: TinyConfig | dict | None = None, seed: int | None = None, n_models: int = 1,
                  seeds=None, module: TinyTransformer | None = None, vocab_sizes=None):
@@ -431,8 +432,6 @@ class TinyModel(Model):
         self.d_model, self.d_head, self.vocab_size = c.d_model, c.d_model // c.n_heads, c.vocab_size
         self.n_ctx = c.n_ctx
 
-    native_final_only = True
-
     def _forward(self, inputs: dict, prefix=None, kv_out=None, final_only: bool = False):
         extra = sorted(set(inputs) - {"tokens", "vectors", "vector_mask", "attention_mask"})
         if extra:
@@ -446,7 +445,7 @@ class TinyModel(Model):
             if kv_out is None:
                 return self.module(tokens, vectors, vector_mask, final_only=final_only)
             kv: dict = {}  # prefix_cache: every layer's keys/values (R*B, T, H, D), minus the final position
-            logits = self.module(tokens, vectors, vector_mask, kv_out=kv)
+            logits = self.module(tokens, vectors, vector_mask, kv_out=kv, final_only=final_only)
             kv_out.update({i: (k[:, :-1], v[:, :-1]) for i, (k, v) in kv.items()})
             return logits
         if self.n_models > 1:  # rows must keep every member's rows together, in member order

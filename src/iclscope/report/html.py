@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import inspect
-import io
 import json
 import math
 import platform

@@ -5,7 +5,6 @@ numbers and words (story.json, story.png, story.html); nothing in the text is as
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,7 +16,7 @@ from ...report import write_report
 from ...report import Finding
 from ...report.figures import save_figure, short_name
 from ...report.figures.common import COLORS
-from .command import dynamics_findings, json_default, run_dynamics
+from .command import dynamics_findings, run_dynamics
 from .figures import METRIC_LABELS
 from .transitions import formation_baseline, transition_text, verdict
 
