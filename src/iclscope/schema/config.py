@@ -229,7 +229,7 @@ class TrainSection(_Section):
                         "(integers >= 0), or one such integer")
     threads: int = _int(2, ge=1)
     compile: Any = Field("auto", description='"auto" (compile the training step of a run without clamps '
-                         'of at least 2000 steps), true or false')
+                         'of at least 10,000 steps), true or false')
 
     @field_validator("compile", mode="before")
     @classmethod

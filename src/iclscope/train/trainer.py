@@ -31,8 +31,10 @@ from .rundir import RunDir
 
 
 # train.compile = "auto" compiles the step of runs this long: the compile takes ~15-25 s the first time
-# for a shape (~3 s from torch's on-disk cache) and saves ~1.5 ms a step on the few-shot reference model
-COMPILE_MIN_STEPS = 2000
+# for a shape (~3 s from torch's on-disk cache) and saves ~1.5 ms a step on the few-shot reference model,
+# so from here on it pays back even on a machine that has never compiled it (the demo's shorter runs,
+# ~4000 steps, stay eager)
+COMPILE_MIN_STEPS = 10_000
 
 
 class TrainingDiverged(IclscopeError):
