@@ -31,6 +31,20 @@ def _inputs(cfg: TinyConfig, B: int, T: int, seed: int = 0) -> dict:
     return {"tokens": tokens, "vectors": torch.randn(B, T, cfg.d_input, generator=g), "vector_mask": mask}
 
 
+@pytest.fixture
+def shortcuts(monkeypatch):
+    """How many times the last block took its final-position shortcut (``Block._final``)."""
+    from iclscope.models.tiny import Block
+    calls = []
+    real = Block._final
+
+    def spy(self, *a, **k):
+        calls.append(self.layer)
+        return real(self, *a, **k)
+    monkeypatch.setattr(Block, "_final", spy)
+    return calls
+
+
 def _grads(model: TinyModel, logits: torch.Tensor) -> list[torch.Tensor]:
     model.module.zero_grad(set_to_none=True)
     logits.float().logsumexp(-1).sum().backward()
@@ -39,30 +53,33 @@ def _grads(model: TinyModel, logits: torch.Tensor) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("T", [5, 13])  # 13 > SMALL_T: the matmul / SDPA attention paths
-def test_final_only_equals_the_full_pass_sliced(name, T):
+def test_final_only_equals_the_full_pass_sliced(name, T, shortcuts):
     cfg = TinyConfig(**CONFIGS[name], n_ctx=16)
     model = TinyModel(cfg, seeds=[3, 4])  # an ensemble of two
     x = _inputs(cfg, 6, T)
     full = model.run(x)[0]
+    assert shortcuts == []
     short = model.run(x, final_only=True)[0]
+    assert shortcuts == [cfg.n_layers - 1]  # the last block took the shortcut (the comparison is not vacuous)
     assert short.shape == (6, 1, cfg.vocab_size)
     torch.testing.assert_close(short, full[:, -1:], rtol=1e-5, atol=1e-6)
     for a, b in zip(_grads(model, model.run(x, final_only=True)[0]), _grads(model, model.run(x)[0][:, -1:])):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("interventions, record", [
-    ([Ablate([(1, 0), (1, 2)], how="zero")], None),  # a live head hook in the last block: the full pass
-    ([ClampPattern([(1, 1)], "prev_token")], None),
-    ([Ablate([(0, 1)], how="zero")], ["resid_pre"]),  # hooks before the last block's query: the shortcut
-    ([], ["z", "resid_post"]),  # recorders in the last block see every position
+@pytest.mark.parametrize("interventions, record, shortcut", [
+    ([Ablate([(1, 0), (1, 2)], how="zero")], None, False),  # a live head hook in the last block: the full pass
+    ([ClampPattern([(1, 1)], "prev_token")], None, False),
+    ([Ablate([(0, 1)], how="zero")], ["resid_pre"], True),  # hooks before the last block's query: the shortcut
+    ([], ["z", "resid_post"], False),  # recorders in the last block see every position
 ])
-def test_final_only_under_hooks_sees_what_the_full_pass_sees(interventions, record):
+def test_final_only_under_hooks_sees_what_the_full_pass_sees(interventions, record, shortcut, shortcuts):
     cfg = TinyConfig(**CONFIGS["rotary, attention-only"], n_ctx=16)
     model = TinyModel(cfg, seed=1)
     x = _inputs(cfg, 4, 5)
     full, c_full = model.run(x, interventions=interventions, record=record)
     short, c_short = model.run(x, interventions=interventions, record=record, final_only=True)
+    assert shortcuts == ([1] if shortcut else [])
     torch.testing.assert_close(short, full[:, -1:], rtol=1e-5, atol=1e-6)
     for site in record or []:
         torch.testing.assert_close(c_short.site(site, 1), c_full.site(site, 1))
@@ -188,3 +205,36 @@ def test_a_failing_compile_falls_back_to_the_eager_step_with_a_note(tmp_path, mo
         assert any("train.compile" in n and "no C++ compiler here" in n for n in notes)
     finally:
         t.close()
+
+
+def test_a_run_folder_from_before_train_compile_goes_on_eagerly(tmp_path):
+    """A folder whose config.json predates train.compile (its run trained eagerly) is reused and resumed as
+    before, eagerly, its config.json untouched; asking for the compiled step there is refused."""
+    import json
+
+    from iclscope.experiments.lab import run_finished
+    from iclscope.train import train
+
+    quiet = dict(progress=False, log=lambda *a: None)
+    out = tmp_path / "old"
+    cfg = load_config(None, SMALL + ["train.sequences=160", "train.compile=false"])
+    train(cfg, out, **quiet)
+    saved = json.loads((out / "config.json").read_text())
+    del saved["train"]["compile"]
+    (out / "config.json").write_text(json.dumps(saved))
+    before = (out / "config.json").read_bytes()
+    again = load_config(None, SMALL + ["train.sequences=160"])  # compile left at "auto"
+    assert run_finished(out, again)
+    train(again, out, **quiet)  # reused, not refused
+    assert (out / "config.json").read_bytes() == before
+    with pytest.raises(IclscopeError, match="train.compile"):
+        Trainer(load_config(None, SMALL + ["train.sequences=160", "train.compile=true"]), out, **quiet)
+    assert (out / "config.json").read_bytes() == before
+    longer = load_config(None, SMALL + ["train.sequences=96000"])  # 12,000 steps: "auto" would compile
+    t = Trainer(longer, out, **quiet)  # an extension of the old run
+    try:
+        assert t._compiled is None
+    finally:
+        t.close()
+    extended = json.loads((out / "config.json").read_text())
+    assert extended["train"]["sequences"] == 96000 and "compile" not in extended["train"]

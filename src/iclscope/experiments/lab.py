@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import Ablate, store
+from .. import Ablate
 from ..data.synthetic import FewShotConfig, FewShotData
 from ..errors import IclscopeError
 from ..models.tiny import TinyModel
@@ -30,6 +30,7 @@ from ..store import safe_name
 from ..report.figures import line_panels, loss_curves
 from ..train import Trainer, detect_phase_change, load_config, stack_groups, validate_config
 from ..train.phase import detect_transitions
+from ..train.rundir import config_as_saved
 
 # The subcircuit clamps of the study (reference section B). A = layer-0 previous-token attention and
 # copy; B = the induction head's QK match; C = the induction head's copy (values). "graft" entries take
@@ -178,8 +179,8 @@ def train_stack(jobs: list[tuple[dict, str]], cwd: str, threads: int = 1) -> lis
 def run_finished(out: Path, cfg: dict) -> bool:
     """A run is reused only if it finished (its finished marker, written last) with exactly ``cfg``."""
     try:
-        return (json.loads((out / results.CONFIG).read_text()) == json.loads(store.dumps_json(cfg))
-                and json.loads((out / results.FINISHED).read_text()) is not None)
+        old = json.loads((out / results.CONFIG).read_text())
+        return old == config_as_saved(old, cfg) and json.loads((out / results.FINISHED).read_text()) is not None
     except (OSError, ValueError):
         return False
 

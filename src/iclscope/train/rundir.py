@@ -43,18 +43,36 @@ from ..report.results import CONFIG, ResultsDir, diff_keys
 from ..store import fault_point
 
 
+def config_as_saved(old: dict | None, cfg: dict) -> dict:
+    """``cfg`` as JSON, as a run folder whose config.json holds ``old`` keeps it: a folder written before
+    ``train.compile`` existed (its runs trained eagerly) keeps its config without that key when ``cfg``
+    asks for nothing else ("auto" or false), so it is resumed, extended or reused as before, eagerly."""
+    new = json.loads(store.dumps_json(cfg))
+    if predates_compile(old, new):
+        new["train"].pop("compile", None)
+    return new
+
+
+def predates_compile(old: dict | None, new: dict) -> bool:
+    """Whether the saved config ``old`` predates ``train.compile`` and ``new`` leaves it at "auto" or false."""
+    return (isinstance(old, dict) and isinstance(old.get("train"), dict) and "compile" not in old["train"]
+            and isinstance(new.get("train"), dict) and new["train"].get("compile", "auto") in ("auto", False))
+
+
 class RunDir:
     """The folder ``out`` of a run of ``cfg`` over ``seeds``, open and locked (a ``ResultsDir`` with
     command "train") until ``close()``. Opening it refuses a foreign non-empty folder, a folder in use by
     another process, and a run of a different config (naming the differing keys); see the module docstring
-    for what a rerun does. ``status`` is "new", "resumed", "reused" or "extended"."""
+    for what a rerun does. ``status`` is "new", "resumed", "reused" or "extended". ``eager``: the folder
+    predates ``train.compile`` (``config_as_saved``), so its run goes on training eagerly."""
 
     def __init__(self, out: str | Path, cfg: dict, seeds: list[int]):
         self.out = Path(out)
         self.seeds = list(seeds)
         self.R = len(self.seeds)
-        new = json.loads(store.dumps_json(cfg))
         old = self._old_config()
+        new = config_as_saved(old, cfg)
+        self.eager = predates_compile(old, json.loads(store.dumps_json(cfg)))
         self.extended_from = None
         overwrite = False
         if old is not None and old != new and diff_keys(old, new) == ["train.sequences"]:

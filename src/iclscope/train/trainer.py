@@ -209,7 +209,6 @@ class Trainer:
         for part in parts:  # each run's own evaluation sets, from the same generator seed as when alone
             part.build_eval_sets(int(e["batch"]), int(e["induction_len"]), torch.Generator().manual_seed(EVAL_SEED))
         self.objective = stack_objectives(parts)
-        self._compiled = self._compile_step()
         self.saved_step = None
         opened = []
         try:
@@ -221,6 +220,7 @@ class Trainer:
                 rd.close()
             raise
         self.run_dir = self.runs[0].run_dir
+        self._compiled = self._compile_step()
 
     def close(self) -> None:
         """Release the run folders' locks (``train()`` does this itself)."""
@@ -244,8 +244,8 @@ class Trainer:
             except IclscopeError:
                 raise
             except Exception as e:  # noqa: BLE001 - no compiler, an unsupported op: the eager step is the same
-                self.log(f"train.compile: the compiled step failed ({type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); training without it")
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                self.log(f"train.compile: the compiled step failed ({type(e).__name__}: {first}); training without it")
                 self._compiled = None
         return self.objective.loss(self.model, batch, self.clamps)
 
@@ -257,6 +257,8 @@ class Trainer:
         from the eager ops (float32 rounding, not the protocol): a run keeps its setting on resume."""
         want = self.cfg["train"].get("compile", "auto")
         if want is False or self.clamps.static or self.clamps.dynamic:
+            return None
+        if any(run.run_dir.eager for run in self.runs):  # a folder from before train.compile: as it began
             return None
         if type(self.objective).plain_inputs is Objective.plain_inputs:
             return None
