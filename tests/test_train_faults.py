@@ -263,3 +263,16 @@ def test_diverging_run_from_the_command_line_exits_non_zero_in_one_line(tmp_path
     assert len(lines) == 1 and "training diverged at step" in lines[0], r.stderr[-2000:]
     assert not (out / "summary.json").exists()
     assert "nan" not in (out / "metrics.csv").read_text().lower()
+
+
+def test_a_killed_compiled_run_reruns_to_the_uninterrupted_compiled_result(tmp_path):
+    """The compiled step (train.compile=true) keeps the contract: killed mid-run, the rerun ends with the
+    same metrics.csv and summary.json as an uninterrupted compiled run (the same compiled kernels)."""
+    ref = tmp_path / "ref"
+    train(tiny("train.compile=true"), ref, **QUIET)
+    reference = pd.read_csv(ref / "metrics.csv"), json.loads((ref / "summary.json").read_text())
+    out = tmp_path / "run"
+    assert forked(out, "metrics:mid-append@30", "train.compile=true") == signal.SIGKILL
+    assert not (out / ".iclscope-finished.json").exists()
+    train(tiny("train.compile=true"), out, **QUIET)
+    assert_same_as_reference(out, reference)
